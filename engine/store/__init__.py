@@ -1,0 +1,34 @@
+"""Qdrant behind one interface: the embedded Edge shard by default, a server by URL."""
+
+from __future__ import annotations
+
+from engine.encoder import ModelInfo
+from engine.settings import StoreSettings
+from engine.store.base import (
+    IMAGE_VECTOR,
+    TEXT_VECTOR,
+    Hit,
+    ProductPoint,
+    SearchFilters,
+    StoredProduct,
+    VectorStore,
+    point_id,
+)
+
+
+def open_store(settings: StoreSettings, info: ModelInfo) -> VectorStore:
+    """Open (or create) the store named in settings for vectors of the model ``info``."""
+    if settings.backend == "server":
+        from engine.store.server import ServerStore
+
+        return ServerStore(settings.url, settings.collection, info, settings.api_key, settings.timeout_s,
+                           settings.hnsw_ef)
+    from engine.store.edge import EdgeStore
+
+    return EdgeStore(settings.path, settings.collection, info, settings.hnsw_ef)
+
+
+__all__ = [
+    "IMAGE_VECTOR", "TEXT_VECTOR", "Hit", "ProductPoint", "SearchFilters", "StoredProduct", "VectorStore",
+    "open_store", "point_id",
+]

@@ -1,0 +1,145 @@
+"""What the engine asks of a vector store, whichever Qdrant answers it.
+
+One Qdrant point per product: named vectors ``image`` (a multivector, one row per photo, scored
+MaxSim so that several photos give one product) and ``text`` (the title), payload with the
+product's fields. Point ids are UUIDs derived from the shop's product id, so re-ingesting a
+product overwrites it instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.encoder import ModelInfo
+from engine.errors import InvalidQuery, StoreModelMismatch
+
+IMAGE_VECTOR = "image"
+TEXT_VECTOR = "text"
+_ID_NAMESPACE = uuid.UUID("6f1c3c8e-6a57-4d39-9b6e-2f5a3a1f0c42")
+
+# Payload fields with an index: filters on them stay fast at a million products.
+KEYWORD_FIELDS = ("category", "product_id")
+FLOAT_FIELDS = ("price",)
+
+
+def point_id(product_id: str) -> str:
+    """The Qdrant point id of a shop's product id (Qdrant ids are integers or UUIDs)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, str(product_id)))
+
+
+@dataclass
+class ProductPoint:
+    """A product ready to store: unit vectors and payload."""
+
+    product_id: str
+    image_vectors: np.ndarray  # (photos, dim)
+    text_vector: np.ndarray  # (dim,)
+    payload: dict
+
+
+@dataclass
+class StoredProduct:
+    product_id: str
+    payload: dict
+    image_vectors: np.ndarray | None = None
+    text_vector: np.ndarray | None = None
+
+
+@dataclass
+class Hit:
+    product_id: str
+    score: float
+    payload: dict
+    image_vectors: np.ndarray | None = None
+    text_vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Merchandiser and shopper filters; every hit must satisfy all of them."""
+
+    categories: tuple[str, ...] = ()
+    min_price: float | None = None
+    max_price: float | None = None
+    exclude_ids: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        for name in ("min_price", "max_price"):
+            value = getattr(self, name)
+            if value is not None and (not np.isfinite(value) or value < 0):
+                raise InvalidQuery(f"{name} must be a finite number >= 0, got {value}")
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise InvalidQuery(f"min_price {self.min_price} is above max_price {self.max_price}")
+
+    @property
+    def empty(self) -> bool:
+        return not self.categories and self.min_price is None and self.max_price is None and not self.exclude_ids
+
+
+class VectorStore(ABC):
+    """A Qdrant collection of products made by one model."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def upsert(self, points: list[ProductPoint]) -> None: ...
+
+    @abstractmethod
+    def set_payload(self, product_id: str, values: dict) -> None:
+        """Change payload fields of one product without touching its vectors."""
+
+    @abstractmethod
+    def delete(self, product_ids: Iterable[str]) -> None: ...
+
+    @abstractmethod
+    def get(self, product_ids: list[str], with_vectors: bool = False) -> dict[str, StoredProduct]: ...
+
+    @abstractmethod
+    def query(
+        self, vector: np.ndarray, using: str, filters: SearchFilters, limit: int, with_vectors: bool = False
+    ) -> list[Hit]:
+        """Nearest products to ``vector`` on the named vector ``using``."""
+
+    @abstractmethod
+    def count(self, filters: SearchFilters = SearchFilters()) -> int: ...
+
+    @abstractmethod
+    def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]: ...
+
+    @abstractmethod
+    def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+        """Every product id with its bookkeeping payload (hash), in batches."""
+
+    @abstractmethod
+    def optimize(self) -> None:
+        """Build indexes after a bulk write (embedded store); a server does this by itself."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_model(stored: dict, info: ModelInfo, where: str) -> None:
+    """Refuse to mix vectors of two models in one collection."""
+    if stored.get("model") != info.name or stored.get("model_version") != info.version or stored.get("dim") != info.dim:
+        raise StoreModelMismatch(
+            f"{where} holds vectors made by model '{stored.get('model')}@{stored.get('model_version')}' "
+            f"({stored.get('dim')}-d), but '{info.tag}' ({info.dim}-d) is loaded. Vectors of two models "
+            "cannot be compared: load that model (SNAPSHOP_MODEL__NAME / SNAPSHOP_MODEL__WEIGHTS), or "
+            "re-index into a new store (another SNAPSHOP_STORE__PATH or SNAPSHOP_STORE__COLLECTION) "
+            "with `snapshop ingest`."
+        )
+
+
+def model_record(info: ModelInfo) -> dict:
+    return {"model": info.name, "model_version": info.version, "dim": info.dim, "schema": 1}

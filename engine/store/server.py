@@ -1,0 +1,181 @@
+"""A Qdrant server (or cluster) reached through qdrant-client, for catalogs beyond one process.
+
+The model that made the vectors is recorded in the collection's metadata. Tests run this code
+against qdrant-client's in-memory mode (``url=":memory:"``), which speaks the same API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from engine.encoder import ModelInfo
+from engine.errors import StoreError, StoreUnavailable
+from engine.store.base import (
+    FLOAT_FIELDS,
+    IMAGE_VECTOR,
+    KEYWORD_FIELDS,
+    TEXT_VECTOR,
+    Hit,
+    ProductPoint,
+    SearchFilters,
+    StoredProduct,
+    VectorStore,
+    check_model,
+    model_record,
+    point_id,
+)
+from engine.store.edge import BOOKKEEPING
+
+
+class ServerStore(VectorStore):
+    def __init__(self, url: str, collection: str, info: ModelInfo, api_key: str | None = None,
+                 timeout_s: float = 10.0, hnsw_ef: int = 128, client: QdrantClient | None = None):
+        self.info = info
+        self.collection = collection
+        self.hnsw_ef = hnsw_ef
+        if client is not None:  # share one connection (tests use it to share an in-memory server)
+            self.client = client
+        elif url == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        else:
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+        try:
+            exists = self.client.collection_exists(collection)
+        except Exception as e:  # connection refused, DNS, timeout: all mean "not reachable"
+            raise StoreUnavailable(f"the Qdrant server at {url} does not answer: {str(e)[:200]}") from e
+        if exists:
+            metadata = self.client.get_collection(collection).config.metadata or {}
+            check_model(metadata, info, f"the collection '{collection}' at {url}")
+        else:
+            self._create(info)
+
+    def _create(self, info: ModelInfo) -> None:
+        self.client.create_collection(
+            self.collection,
+            vectors_config={
+                IMAGE_VECTOR: qm.VectorParams(
+                    size=info.dim, distance=qm.Distance.COSINE,
+                    multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
+                ),
+                TEXT_VECTOR: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE),
+            },
+            metadata=model_record(info),
+        )
+        for name in KEYWORD_FIELDS:
+            self.client.create_payload_index(self.collection, name, qm.PayloadSchemaType.KEYWORD)
+        for name in FLOAT_FIELDS:
+            self.client.create_payload_index(self.collection, name, qm.PayloadSchemaType.FLOAT)
+
+    def upsert(self, points: list[ProductPoint]) -> None:
+        if not points:
+            return
+        self.client.upsert(
+            self.collection,
+            points=[
+                qm.PointStruct(
+                    id=point_id(p.product_id),
+                    vector={IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
+                            TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()},
+                    payload={**p.payload, "product_id": p.product_id},
+                )
+                for p in points
+            ],
+            wait=True,
+        )
+
+    def set_payload(self, product_id: str, values: dict) -> None:
+        self.client.set_payload(self.collection, payload=values, points=[point_id(product_id)], wait=True)
+
+    def delete(self, product_ids: Iterable[str]) -> None:
+        ids = [point_id(pid) for pid in product_ids]
+        if ids:
+            self.client.delete(self.collection, points_selector=qm.PointIdsList(points=ids), wait=True)
+
+    def get(self, product_ids: list[str], with_vectors: bool = False) -> dict[str, StoredProduct]:
+        if not product_ids:
+            return {}
+        records = self.client.retrieve(self.collection, [point_id(pid) for pid in product_ids],
+                                       with_payload=True, with_vectors=with_vectors)
+        out = {}
+        for record in records:
+            image, text = _vectors(record.vector)
+            out[record.payload["product_id"]] = StoredProduct(record.payload["product_id"], record.payload, image, text)
+        return out
+
+    def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
+        query_vector = vector.astype(np.float32).tolist()
+        if using == IMAGE_VECTOR:
+            query_vector = [query_vector]
+        response = self.client.query_points(
+            self.collection, query=query_vector, using=using, query_filter=_filter(filters), limit=limit,
+            with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+        )
+        hits = []
+        for point in response.points:
+            image, text = _vectors(point.vector)
+            hits.append(Hit(point.payload["product_id"], float(point.score), point.payload, image, text))
+        return hits
+
+    def count(self, filters: SearchFilters = SearchFilters()) -> int:
+        return self.client.count(self.collection, count_filter=_filter(filters), exact=True).count
+
+    def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
+        try:
+            response = self.client.facet(self.collection, key=key, facet_filter=_filter(filters), limit=limit, exact=True)
+            return {str(hit.value): hit.count for hit in response.hits}
+        except NotImplementedError:  # the in-memory mode has no facets: count by scrolling
+            counts: dict[str, int] = {}
+            offset = None
+            while True:
+                records, offset = self.client.scroll(self.collection, scroll_filter=_filter(filters), limit=1000,
+                                                     offset=offset, with_payload=[key])
+                for record in records:
+                    value = record.payload.get(key)
+                    if value is not None:
+                        counts[str(value)] = counts.get(str(value), 0) + 1
+                if offset is None:
+                    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
+
+    def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+        offset = None
+        while True:
+            records, offset = self.client.scroll(self.collection, limit=batch, offset=offset,
+                                                 with_payload=BOOKKEEPING, with_vectors=False)
+            for record in records:
+                yield record.payload["product_id"], dict(record.payload)
+            if offset is None:
+                return
+
+    def optimize(self) -> None:
+        """The server indexes in the background."""
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception as e:  # pragma: no cover - closing a dead connection
+            raise StoreError(f"closing the Qdrant client failed: {e}") from e
+
+
+def _vectors(vector) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if not isinstance(vector, dict):
+        return None, None
+    image, text = vector.get(IMAGE_VECTOR), vector.get(TEXT_VECTOR)
+    return (np.asarray(image, dtype=np.float32) if image is not None else None,
+            np.asarray(text, dtype=np.float32) if text is not None else None)
+
+
+def _filter(filters: SearchFilters) -> qm.Filter | None:
+    if filters.empty:
+        return None
+    must, must_not = [], []
+    if filters.categories:
+        must.append(qm.FieldCondition(key="category", match=qm.MatchAny(any=list(filters.categories))))
+    if filters.min_price is not None or filters.max_price is not None:
+        must.append(qm.FieldCondition(key="price", range=qm.Range(gte=filters.min_price, lte=filters.max_price)))
+    if filters.exclude_ids:
+        must_not.append(qm.HasIdCondition(has_id=[point_id(pid) for pid in filters.exclude_ids]))
+    return qm.Filter(must=must or None, must_not=must_not or None)

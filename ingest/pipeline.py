@@ -1,0 +1,255 @@
+"""Catalog to stored vectors, in stages: plan, decode, encode, upsert.
+
+- plan: compare each row's fingerprints with the store's; unchanged products are skipped, a
+  change of price or category only rewrites the payload, a new title or photo re-embeds.
+- decode: photos are fetched and decoded by a thread pool a few batches ahead of the encoder.
+- encode: photos and titles in batches.
+- upsert: each batch is written as soon as it is encoded, so a killed run resumes where it
+  stopped: the next run finds those products unchanged.
+Every stage is timed; every skipped row or photo is reported with its row number and reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from engine.encoder import Encoder
+from engine.errors import InvalidImage
+from engine.fetch import fetch_url
+from engine.images import decode_image, load_image_file
+from engine.settings import IngestSettings
+from engine.store import ProductPoint, VectorStore
+from ingest.catalog import Catalog, ProductRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Problem:
+    row: int
+    product_id: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        who = f" (id {self.product_id})" if self.product_id else ""
+        return f"row {self.row}{who}: {self.reason}"
+
+
+@dataclass
+class IngestSummary:
+    catalog: str
+    rows: int = 0
+    added: int = 0
+    updated: int = 0
+    payload_only: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    skipped_rows: list[Problem] = field(default_factory=list)
+    bad_images: list[Problem] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def stored(self) -> int:
+        return self.added + self.updated + self.payload_only + self.unchanged
+
+    def as_dict(self) -> dict:
+        return {
+            "catalog": self.catalog, "rows": self.rows, "added": self.added, "updated": self.updated,
+            "payload_only": self.payload_only, "unchanged": self.unchanged, "deleted": self.deleted,
+            "skipped": len(self.skipped_rows), "bad_images": len(self.bad_images),
+            "problems": [str(p) for p in self.skipped_rows + self.bad_images],
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+        }
+
+
+class ImageSourceError(InvalidImage):
+    """An image reference in a catalog that may not be read (outside the catalog's folder)."""
+
+
+class ImageLoader:
+    """Loads a catalog's image references: paths relative to the catalog, or http(s) URLs."""
+
+    def __init__(self, base_dir: Path, settings: IngestSettings):
+        self.base_dir = base_dir.resolve()
+        self.settings = settings
+
+    def resolve(self, source: str) -> Path:
+        """The local file of ``source``; refuses paths that leave the catalog's folder."""
+        path = Path(source).expanduser()
+        path = (path if path.is_absolute() else self.base_dir / path).resolve()
+        if not path.is_relative_to(self.base_dir):
+            raise ImageSourceError(f"{source}: outside the catalog's folder {self.base_dir}")
+        return path
+
+    def load(self, source: str) -> Image.Image:
+        limits = {"max_bytes": self.settings.max_image_bytes, "max_pixels": self.settings.max_image_pixels}
+        if source.lower().startswith(("http://", "https://")):
+            data = fetch_url(source, timeout_s=self.settings.url_timeout_s, max_bytes=self.settings.max_image_bytes,
+                             allow_private=self.settings.allow_private_urls)
+            return decode_image(data, source=source, **limits)
+        if "://" in source:
+            raise ImageSourceError(f"{source}: only local paths and http(s) URLs are read")
+        return load_image_file(self.resolve(source), **limits)
+
+    def stamp(self, source: str) -> str:
+        """What identifies this image's content cheaply: a file's size and mtime, or the URL."""
+        if "://" in source:
+            return source
+        try:
+            stat = self.resolve(source).stat()
+            return f"{source}:{stat.st_size}:{stat.st_mtime_ns}"
+        except (OSError, ImageSourceError):
+            return f"{source}:missing"
+
+
+def content_hash(row: ProductRow, loader: ImageLoader, model_tag: str) -> str:
+    """Changes when the vectors would: the title, the photos, or the model."""
+    stamps = [loader.stamp(source) for source in row.images]
+    return _digest([model_tag, row.title, stamps])
+
+
+def meta_hash(row: ProductRow) -> str:
+    """Changes when only the payload would: price, category, free fields."""
+    return _digest([row.price, row.category, row.fields])
+
+
+def _digest(parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def payload_of(row: ProductRow, c_hash: str, m_hash: str, model_tag: str) -> dict:
+    return {
+        "title": row.title, "price": row.price, "category": row.category, "images": row.images,
+        "fields": row.fields, "content_hash": c_hash, "meta_hash": m_hash, "model": model_tag,
+        "ingested_at": time.time(),
+    }
+
+
+def ingest_catalog(
+    catalog: Catalog,
+    encoder: Encoder,
+    store: VectorStore,
+    settings: IngestSettings = IngestSettings(),
+    prune: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+) -> IngestSummary:
+    """Bring the store in line with ``catalog``; returns what was done and what was skipped."""
+    summary = IngestSummary(str(catalog.path), rows=len(catalog.rows) + len(catalog.errors))
+    summary.skipped_rows = [Problem(e.row, e.product_id, e.reason + (f" [{e.field}]" if e.field else ""))
+                            for e in catalog.errors]
+    loader = ImageLoader(catalog.base_dir, settings)
+    started = time.perf_counter()
+    stored = dict(store.scroll_ids())
+    to_embed: list[tuple[ProductRow, str, str]] = []
+    for row in catalog.rows:
+        c_hash, m_hash = content_hash(row, loader, encoder.info.tag), meta_hash(row)
+        previous = stored.get(row.product_id)
+        if previous and previous.get("content_hash") == c_hash:
+            if previous.get("meta_hash") == m_hash:
+                summary.unchanged += 1
+            else:
+                payload = payload_of(row, c_hash, m_hash, encoder.info.tag)
+                store.set_payload(row.product_id, payload)
+                summary.payload_only += 1
+        else:
+            to_embed.append((row, c_hash, m_hash))
+    if prune:
+        gone = set(stored) - {row.product_id for row in catalog.rows}
+        store.delete(sorted(gone))
+        summary.deleted = len(gone)
+    summary.seconds["plan"] = time.perf_counter() - started
+    _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch)
+    t = time.perf_counter()
+    store.optimize()
+    summary.seconds["index"] = time.perf_counter() - t
+    summary.seconds["total"] = time.perf_counter() - started
+    return summary
+
+
+def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch) -> None:
+    batch_size = settings.upsert_batch
+    batches = [to_embed[i : i + batch_size] for i in range(0, len(to_embed), batch_size)]
+    timings = {"decode_wait": 0.0, "encode": 0.0, "upsert": 0.0}
+    bar = tqdm(total=len(to_embed), desc="ingest", unit="product", disable=not progress)
+    with ThreadPoolExecutor(max_workers=settings.decode_workers) as pool:
+        pending: deque[list[tuple[tuple, list[Future]]]] = deque()
+
+        def submit(batch):
+            pending.append([(item, [pool.submit(loader.load, src) for src in item[0].images]) for item in batch])
+
+        queue = iter(batches)
+        for batch in queue:  # fill the look-ahead window
+            submit(batch)
+            if len(pending) >= settings.lookahead_batches:
+                break
+        while pending:
+            decoded = pending.popleft()
+            next_batch = next(queue, None)
+            if next_batch is not None:
+                submit(next_batch)
+            t = time.perf_counter()
+            ready = _collect(decoded, summary)
+            timings["decode_wait"] += time.perf_counter() - t
+            points = _encode(ready, encoder, timings)
+            t = time.perf_counter()
+            store.upsert(points)
+            timings["upsert"] += time.perf_counter() - t
+            for point in points:
+                if point.product_id in stored:
+                    summary.updated += 1
+                else:
+                    summary.added += 1
+            bar.update(len(decoded))
+            if on_batch:
+                on_batch(len(points))
+    bar.close()
+    summary.seconds.update(timings)
+
+
+def _collect(decoded, summary: IngestSummary):
+    """Photos of each product that decoded; a product with none is skipped and reported."""
+    ready = []
+    for (row, c_hash, m_hash), futures in decoded:
+        images = []
+        for source, future in zip(row.images, futures):
+            try:
+                images.append(future.result())
+            except InvalidImage as e:
+                summary.bad_images.append(Problem(row.row, row.product_id, str(e)))
+            except Exception as e:  # a decoder bug must not end the run: report it as this photo's problem
+                summary.bad_images.append(Problem(row.row, row.product_id, f"{source}: {type(e).__name__}: {e}"))
+        if images:
+            ready.append((row, c_hash, m_hash, images))
+        else:
+            summary.skipped_rows.append(Problem(row.row, row.product_id, "no readable image; product not stored"))
+    return ready
+
+
+def _encode(ready, encoder: Encoder, timings: dict) -> list[ProductPoint]:
+    if not ready:
+        return []
+    t = time.perf_counter()
+    photos = [image for *_, images in ready for image in images]
+    photo_vectors = encoder.encode_images(photos)
+    title_vectors = encoder.encode_texts([row.title for row, *_ in ready])
+    timings["encode"] += time.perf_counter() - t
+    points, offset = [], 0
+    for (row, c_hash, m_hash, images), title_vector in zip(ready, title_vectors):
+        vectors = photo_vectors[offset : offset + len(images)]
+        offset += len(images)
+        points.append(ProductPoint(row.product_id, np.ascontiguousarray(vectors), title_vector,
+                                   payload_of(row, c_hash, m_hash, encoder.info.tag)))
+    return points

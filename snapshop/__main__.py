@@ -1,0 +1,3 @@
+from snapshop.cli import app
+
+app(prog_name="snapshop")

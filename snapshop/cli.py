@@ -1,0 +1,266 @@
+"""The `snapshop` command: ingest, search, train, list models, delete.
+
+The CLI builds the one Settings object (environment, then these options) and passes it down;
+it alone turns engine errors into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from engine.errors import SnapshopError
+from engine.settings import Settings
+
+app = typer.Typer(help="snapshop: visual product search for online shops.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+
+StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="Embedded store directory [SNAPSHOP_STORE__PATH].")]
+UrlOpt = Annotated[Optional[str], typer.Option("--qdrant-url", help="Qdrant server URL [SNAPSHOP_STORE__URL].")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name [SNAPSHOP_MODEL__NAME].")]
+
+
+def build_settings(store: Path | None = None, url: str | None = None, model: str | None = None) -> Settings:
+    settings = Settings()
+    if store is not None:
+        settings.store.path = store
+    if url is not None:
+        settings.store.url = url
+    if model is not None:
+        settings.model.name = model
+    return settings
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1") if os.environ.get("SNAPSHOP_MODEL__OFFLINE") else None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # transformers is optional for online open_clip models
+        pass
+
+
+@app.command()
+def ingest(
+    catalog: Annotated[Path, typer.Argument(help="Catalog file: .csv, .tsv, .jsonl or .parquet.")],
+    store: StoreOpt = None,
+    qdrant_url: UrlOpt = None,
+    model: ModelOpt = None,
+    prune: Annotated[bool, typer.Option(help="Delete stored products that are not in the catalog.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Write the summary as JSON here.")] = None,
+) -> None:
+    """Embed a catalog's photos and titles into the store (idempotent, resumable)."""
+    from engine.encoder import load_encoder
+    from engine.store import open_store
+    from ingest.catalog import read_catalog
+    from ingest.pipeline import ingest_catalog
+
+    settings = build_settings(store, qdrant_url, model)
+    try:
+        parsed = read_catalog(catalog)
+        encoder = load_encoder(settings.model)
+        with open_store(settings.store, encoder.info) as vector_store:
+            summary = ingest_catalog(parsed, encoder, vector_store, settings.ingest, prune=prune,
+                                     progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")))
+            total = vector_store.count()
+    except SnapshopError as e:
+        fail(str(e))
+    data = summary.as_dict()
+    typer.echo(
+        f"{catalog}: {data['rows']} rows -> {data['added']} added, {data['updated']} re-embedded, "
+        f"{data['payload_only']} payload updated, {data['unchanged']} unchanged, {data['deleted']} deleted, "
+        f"{data['skipped']} skipped, {data['bad_images']} bad images; store holds {total} products "
+        f"({data['seconds'].get('total', 0):.1f} s)"
+    )
+    for problem in data["problems"][:50]:
+        typer.echo(f"  skipped {problem}", err=True)
+    if len(data["problems"]) > 50:
+        typer.echo(f"  ... and {len(data['problems']) - 50} more (see --report)", err=True)
+    if report:
+        report.write_text(json.dumps(data, indent=2))
+    if summary.stored == 0 and data["rows"] > 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    text: Annotated[Optional[str], typer.Option("--text", "-t", help="What the shopper typed.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="A photo to search with.")] = None,
+    category: Annotated[Optional[list[str]], typer.Option(help="Only these categories (repeatable).")] = None,
+    min_price: Annotated[Optional[float], typer.Option(help="Lowest price.")] = None,
+    max_price: Annotated[Optional[float], typer.Option(help="Highest price.")] = None,
+    k: Annotated[int, typer.Option("--k", "-k", help="How many products.")] = 10,
+    mix: Annotated[Optional[float], typer.Option(help="Text's share in photo+text queries (0..1).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    store: StoreOpt = None,
+    qdrant_url: UrlOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Search by --text, --image, or both, with optional filters."""
+    from engine.encoder import load_encoder
+    from engine.images import load_image_file
+    from engine.search import Searcher, SearchQuery
+    from engine.store import SearchFilters, open_store
+
+    settings = build_settings(store, qdrant_url, model)
+    try:
+        photo = load_image_file(image) if image else None
+        filters = SearchFilters(tuple(category or ()), min_price, max_price)
+        encoder = load_encoder(settings.model)
+        with open_store(settings.store, encoder.info) as vector_store:
+            if vector_store.count() == 0:
+                fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
+            results = Searcher(encoder, vector_store, settings.search).search(
+                SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix))
+    except SnapshopError as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps([{k_: v for k_, v in r.__dict__.items() if k_ != "payload"} for r in results], indent=2))
+        return
+    if not results:
+        typer.echo("no products match these filters")
+    typer.echo(f"{'id':>10}  {'score':>6}  {'price':>8}  {'category':<16} title")
+    for r in results:
+        price = f"{r.price:.2f}" if r.price is not None else "-"
+        typer.echo(f"{r.product_id:>10}  {r.score:6.3f}  {price:>8}  {(r.category or '-')[:16]:<16} {r.title}")
+
+
+@app.command()
+def delete(
+    product_ids: Annotated[list[str], typer.Argument(help="Product ids to delete.")],
+    store: StoreOpt = None,
+    qdrant_url: UrlOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Delete products from the store by id."""
+    from engine.encoder import load_encoder
+    from engine.store import open_store
+
+    settings = build_settings(store, qdrant_url, model)
+    try:
+        encoder = load_encoder(settings.model)
+        with open_store(settings.store, encoder.info) as vector_store:
+            found = vector_store.get(product_ids)
+            vector_store.delete(list(found))
+    except SnapshopError as e:
+        fail(str(e))
+    missing = sorted(set(product_ids) - set(found))
+    typer.echo(f"deleted {len(found)} products" + (f"; not found: {', '.join(missing)}" if missing else ""))
+
+
+@app.command()
+def train(
+    catalog: Annotated[Path, typer.Option(help="Catalog with photos and titles to learn from.")],
+    out: Annotated[Path, typer.Option(help="Where to write the trained heads (.pt).")],
+    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 40,
+    val_fraction: Annotated[float, typer.Option(help="Share of products held out for validation.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N products (quick runs).")] = None,
+    model: ModelOpt = None,
+) -> None:
+    """Train the offline model's heads on a catalog's image-title pairs (LiT)."""
+    from engine.training import TrainConfig, TrainingPair, train_lit_heads
+    from ingest.catalog import read_catalog
+    from ingest.pipeline import ImageLoader, ImageSourceError
+
+    settings = build_settings(model=model)
+    try:
+        parsed = read_catalog(catalog)
+        loader = ImageLoader(parsed.base_dir, settings.ingest)
+        pairs = []
+        for row in parsed.rows[:limit]:
+            try:  # training reads local photos only: the first photo of each product
+                pairs.append(TrainingPair(row.product_id, loader.resolve(row.images[0]), row.title))
+            except ImageSourceError as e:
+                typer.echo(f"  skipped row {row.row}: {e}", err=True)
+        config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed)
+        result = train_lit_heads(pairs, out, config, model_name=settings.model.name)
+    except (SnapshopError, ValueError) as e:
+        fail(str(e))
+    typer.echo(
+        f"trained on {result.train_products} products, validated on {result.val_products} "
+        f"({len(result.skipped_images)} unreadable photos skipped) in {result.seconds:.0f} s; best epoch "
+        f"{result.best_epoch}: text->image R@1 {result.val_recall_at_1:.3f}, R@10 {result.val_recall_at_10:.3f}, "
+        f"MRR {result.val_mrr:.3f}\nheads written to {out}; use them with SNAPSHOP_MODEL__WEIGHTS={out}"
+    )
+
+
+@app.command()
+def models() -> None:
+    """List the registered models."""
+    from engine.registry import list_models
+
+    for spec in list_models():
+        where = "offline" if spec.offline else "downloads"
+        typer.echo(f"{spec.name:<45} {spec.kind:<10} {where:<10} {spec.description}")
+
+
+@app.callback()
+def main() -> None:
+    _quiet_libraries()
+
+
+eval_app = typer.Typer(help="Measure retrieval quality on real product data.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("model")
+def eval_model(
+    catalog: Annotated[Path, typer.Option(help="Catalog whose validation split is scored.")],
+    val_fraction: Annotated[float, typer.Option(help="Validation share used in training.")] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seed of the training split.")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here.")] = None,
+    model: ModelOpt = None,
+) -> None:
+    """Title -> photo retrieval on the validation split, image vectors alone."""
+    from engine.encoder import load_encoder
+    from eval.model_quality import title_to_photo
+
+    settings = build_settings(model=model)
+    try:
+        result = title_to_photo(load_encoder(settings.model), catalog, val_fraction, seed, progress=True)
+    except SnapshopError as e:
+        fail(str(e))
+    _print_figures("title -> photo (validation split)", result, out)
+
+
+@eval_app.command("photos")
+def eval_photos(
+    catalog: Annotated[Path, typer.Option(help="The shop's catalog.")],
+    queries: Annotated[Path, typer.Option(help="CSV of query_image,product_id (shopper photos).")],
+    out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here.")] = None,
+    model: ModelOpt = None,
+) -> None:
+    """Shopper photo -> product retrieval through the full search path."""
+    from engine.encoder import load_encoder
+    from eval.photo_queries import photo_queries
+
+    settings = build_settings(model=model)
+    try:
+        result = photo_queries(load_encoder(settings.model), catalog, queries, search_settings=settings.search)
+    except SnapshopError as e:
+        fail(str(e))
+    _print_figures("shopper photo -> product", result, out)
+
+
+def _print_figures(title: str, result: dict, out: Path | None) -> None:
+    typer.echo(title)
+    for key, value in result.items():
+        typer.echo(f"  {key:<20} {value}")
+    if out:
+        out.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,82 @@
+"""Search by text, by photo and by both, with filters, on real products and the real model."""
+
+import pytest
+
+from engine.errors import InvalidQuery
+from engine.images import load_image_file
+from engine.search import Searcher, SearchQuery
+from engine.settings import IngestSettings, StoreSettings
+from engine.store import SearchFilters, open_store
+from ingest.catalog import read_catalog
+from ingest.pipeline import ingest_catalog
+from tests.conftest import FASHION, pick_products, write_catalog
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory, fashion_frame, encoder):
+    """120 products over eight categories, ingested once for this module."""
+    rows = pick_products(fashion_frame, 15, ["Shirts", "Tshirts", "Watches", "Sports Shoes", "Handbags",
+                                              "Sunglasses", "Jeans", "Flip Flops"])
+    folder = tmp_path_factory.mktemp("shop")
+    path = write_catalog(rows, folder)
+    with open_store(StoreSettings(path=folder / "store"), encoder.info) as store:
+        ingest_catalog(read_catalog(path), encoder, store, IngestSettings(), progress=False)
+        yield Searcher(encoder, store), rows
+
+
+def test_text_finds_the_kind_of_product_described(shop):
+    searcher, _ = shop
+    for text, category in [("analog wrist watch", "Watches"), ("sunglasses", "Sunglasses"),
+                           ("running shoes", "Sports Shoes"), ("denim jeans", "Jeans")]:
+        results = searcher.search(SearchQuery(text=text, k=5))
+        hits = sum(r.category == category for r in results)
+        assert hits >= 4, (text, [r.category for r in results])
+
+
+def test_a_photo_finds_its_own_product_first(shop):
+    searcher, rows = shop
+    for _, row in rows.iloc[::10].iterrows():
+        photo = load_image_file(FASHION / row["image"])
+        results = searcher.search(SearchQuery(image=photo, k=3))
+        assert results[0].product_id == str(row["id"])
+
+
+def test_every_hit_satisfies_category_and_price_filters(shop):
+    searcher, rows = shop
+    prices = rows[rows.category.isin(["Watches", "Handbags"])].price.sort_values()
+    low, high = float(prices.iloc[5]), float(prices.iloc[-5])
+    filters = SearchFilters(categories=("Watches", "Handbags"), min_price=low, max_price=high)
+    expected = rows[rows.category.isin(["Watches", "Handbags"]) & rows.price.between(low, high)]
+    results = searcher.search(SearchQuery(text="black", filters=filters, k=50))
+    assert len(results) == len(expected) > 0
+    for result in results:
+        assert result.category in ("Watches", "Handbags") and low <= result.price <= high
+
+
+def test_a_filter_nothing_satisfies_gives_no_results(shop):
+    searcher, _ = shop
+    assert searcher.search(SearchQuery(text="shirt", filters=SearchFilters(categories=("Sarees",)))) == []
+
+
+def test_photo_plus_text_moves_results_toward_the_words(shop, fashion_frame):
+    """A shirt's photo plus 'black' ranks black shirts higher than the photo alone does."""
+    searcher, rows = shop
+    shirt = rows[(rows.category == "Shirts") & (rows.colour != "Black")].iloc[0]
+    photo = load_image_file(FASHION / shirt["image"])
+    alone = searcher.search(SearchQuery(image=photo, k=8))
+    both = searcher.search(SearchQuery(image=photo, text="black shirt", k=8))
+    colour = dict(zip(rows.id.astype(str), rows.colour))
+    black_alone = sum(colour[r.product_id] == "Black" for r in alone)
+    black_both = sum(colour[r.product_id] == "Black" for r in both)
+    assert black_both > black_alone
+    assert sum(r.category in ("Shirts", "Tshirts") for r in both) >= 6
+
+
+def test_queries_without_text_or_photo_or_with_bad_ranges_are_refused(shop):
+    searcher, _ = shop
+    with pytest.raises(InvalidQuery, match="text, a photo"):
+        searcher.search(SearchQuery(text="   "))
+    with pytest.raises(InvalidQuery, match="min_price"):
+        SearchFilters(min_price=50, max_price=10)
+    with pytest.raises(InvalidQuery, match="k must be"):
+        searcher.search(SearchQuery(text="shirt", k=0))

@@ -1,0 +1,103 @@
+"""The store: both back ends keep products, filter, and refuse vectors of another model."""
+
+import numpy as np
+import pytest
+
+from engine.encoder import ModelInfo
+from engine.errors import StoreModelMismatch, StoreUnavailable
+from engine.settings import StoreSettings
+from engine.store import IMAGE_VECTOR, TEXT_VECTOR, ProductPoint, SearchFilters, open_store
+
+INFO = ModelInfo("snapshop-lit-fashion", "1-test", 8)
+
+
+def unit(*values):
+    vector = np.asarray(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def products():
+    return [
+        ProductPoint("shirt-1", np.stack([unit(1, 0, 0, 0, 0, 0, 0, 0), unit(1, 1, 0, 0, 0, 0, 0, 0)]),
+                     unit(0, 0, 1, 0, 0, 0, 0, 0), {"title": "Blue shirt", "price": 20.0, "category": "Shirts"}),
+        ProductPoint("shirt-2", np.stack([unit(0.9, 0.1, 0, 0, 0, 0, 0, 0)]), unit(0, 0, 1, 0.2, 0, 0, 0, 0),
+                     {"title": "Black shirt", "price": 45.0, "category": "Shirts"}),
+        ProductPoint("watch-1", np.stack([unit(0, 0, 0, 0, 1, 0, 0, 0)]), unit(0, 0, 0, 0, 0, 1, 0, 0),
+                     {"title": "Steel watch", "price": 120.0, "category": "Watches"}),
+    ]
+
+
+@pytest.fixture(params=["edge", "server"])
+def settings(request, tmp_path):
+    # The server back end runs against qdrant-client's in-memory mode: the same API as a server.
+    return StoreSettings(path=tmp_path / "store") if request.param == "edge" else StoreSettings(url=":memory:")
+
+
+def test_products_are_stored_once_and_found_by_photo_and_title(settings):
+    with open_store(settings, INFO) as store:
+        store.upsert(products())
+        store.upsert(products()[:1])  # again: overwritten, not duplicated
+        assert store.count() == 3
+        hits = store.query(unit(1, 0.5, 0, 0, 0, 0, 0, 0), IMAGE_VECTOR, SearchFilters(), 10, with_vectors=True)
+        assert [h.product_id for h in hits][:2] == ["shirt-1", "shirt-2"]
+        assert hits[0].image_vectors.shape == (2, 8)
+        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), TEXT_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
+
+
+def test_filters_apply_to_every_hit(settings):
+    with open_store(settings, INFO) as store:
+        store.upsert(products())
+        query = unit(1, 0, 0, 0, 0, 0, 0, 0)
+        hits = store.query(query, IMAGE_VECTOR, SearchFilters(min_price=30, max_price=200), 10)
+        assert {h.product_id for h in hits} == {"shirt-2", "watch-1"}
+        hits = store.query(query, IMAGE_VECTOR, SearchFilters(categories=("Watches",)), 10)
+        assert [h.product_id for h in hits] == ["watch-1"]
+        assert store.facet("category") == {"Shirts": 2, "Watches": 1}
+        assert store.count(SearchFilters(categories=("Shirts",), max_price=30)) == 1
+
+
+def test_payload_updates_and_deletes(settings):
+    with open_store(settings, INFO) as store:
+        store.upsert(products())
+        store.set_payload("shirt-1", {"price": 99.0})
+        stored = store.get(["shirt-1"], with_vectors=True)["shirt-1"]
+        assert stored.payload["price"] == 99.0 and stored.payload["title"] == "Blue shirt"
+        assert stored.image_vectors.shape == (2, 8)  # vectors untouched
+        store.delete(["shirt-1", "not-there"])
+        assert store.count() == 2 and store.get(["shirt-1"]) == {}
+
+
+def test_a_store_made_by_another_model_is_refused(tmp_path):
+    settings = StoreSettings(path=tmp_path / "store")
+    with open_store(settings, INFO) as store:
+        store.upsert(products())
+    other = ModelInfo("ViT-B-32/laion2b_s34b_b79k", "laion2b_s34b_b79k", 8)
+    with pytest.raises(StoreModelMismatch, match="re-index"):
+        open_store(settings, other)
+    retrained = ModelInfo(INFO.name, "1-otherheads", 8)
+    with pytest.raises(StoreModelMismatch):
+        open_store(settings, retrained)
+    with open_store(settings, INFO) as store:  # and the data is still there for the right model
+        assert store.count() == 3
+
+
+def test_a_server_collection_made_by_another_model_is_refused():
+    from engine.store.server import ServerStore
+
+    store = ServerStore(":memory:", "products", INFO)
+    store.upsert(products())
+    with pytest.raises(StoreModelMismatch, match="re-index"):
+        ServerStore(":memory:", "products", ModelInfo("other", "x", 8), client=store.client)
+    assert ServerStore(":memory:", "products", INFO, client=store.client).count() == 3
+
+
+def test_an_embedded_store_in_use_is_refused_clearly(tmp_path):
+    settings = StoreSettings(path=tmp_path / "store")
+    with open_store(settings, INFO):
+        with pytest.raises(StoreUnavailable, match="in use"):
+            open_store(settings, INFO)
+
+
+def test_a_qdrant_url_that_does_not_answer_is_a_clear_error():
+    with pytest.raises(StoreUnavailable, match="does not answer"):
+        open_store(StoreSettings(url="http://127.0.0.1:9", timeout_s=1), INFO)
