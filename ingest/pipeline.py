@@ -29,6 +29,7 @@ from engine.encoder import Encoder
 from engine.errors import InvalidImage
 from engine.fetch import fetch_url
 from engine.images import decode_image, load_image_file
+from engine.lexical import title_terms
 from engine.settings import IngestSettings
 from engine.store import ProductPoint, VectorStore
 from ingest.catalog import Catalog, ProductRow
@@ -103,6 +104,15 @@ class ImageLoader:
             raise ImageSourceError(f"{source}: only local paths and http(s) URLs are read")
         return load_image_file(self.resolve(source), **limits)
 
+    def locate(self, source: str) -> str:
+        """An absolute path for a local photo, the URL itself for a remote one ('' when refused)."""
+        if "://" in source:
+            return source
+        try:
+            return str(self.resolve(source))
+        except ImageSourceError:
+            return ""
+
     def stamp(self, source: str) -> str:
         """What identifies this image's content cheaply: a file's size and mtime, or the URL."""
         if "://" in source:
@@ -129,9 +139,11 @@ def _digest(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def payload_of(row: ProductRow, c_hash: str, m_hash: str, model_tag: str) -> dict:
+def payload_of(row: ProductRow, c_hash: str, m_hash: str, model_tag: str, loader: ImageLoader) -> dict:
     return {
         "title": row.title, "price": row.price, "category": row.category, "images": row.images,
+        # Where the API finds the photos to show: absolute local paths, or the URLs as given.
+        "image_files": [loader.locate(source) for source in row.images],
         "fields": row.fields, "content_hash": c_hash, "meta_hash": m_hash, "model": model_tag,
         "ingested_at": time.time(),
     }
@@ -161,7 +173,7 @@ def ingest_catalog(
             if previous.get("meta_hash") == m_hash:
                 summary.unchanged += 1
             else:
-                payload = payload_of(row, c_hash, m_hash, encoder.info.tag)
+                payload = payload_of(row, c_hash, m_hash, encoder.info.tag, loader)
                 store.set_payload(row.product_id, payload)
                 summary.payload_only += 1
         else:
@@ -203,7 +215,7 @@ def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary
             t = time.perf_counter()
             ready = _collect(decoded, summary)
             timings["decode_wait"] += time.perf_counter() - t
-            points = _encode(ready, encoder, timings)
+            points = _encode(ready, encoder, timings, loader)
             t = time.perf_counter()
             store.upsert(points)
             timings["upsert"] += time.perf_counter() - t
@@ -238,18 +250,21 @@ def _collect(decoded, summary: IngestSummary):
     return ready
 
 
-def _encode(ready, encoder: Encoder, timings: dict) -> list[ProductPoint]:
+def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list[ProductPoint]:
     if not ready:
         return []
     t = time.perf_counter()
     photos = [image for *_, images in ready for image in images]
     photo_vectors = encoder.encode_images(photos)
-    title_vectors = encoder.encode_texts([row.title for row, *_ in ready])
+    titles = [row.title for row, *_ in ready]
+    title_vectors = encoder.encode_texts(titles)
+    sentence_vectors = encoder.encode_sentences(titles)
     timings["encode"] += time.perf_counter() - t
     points, offset = [], 0
-    for (row, c_hash, m_hash, images), title_vector in zip(ready, title_vectors):
+    for (row, c_hash, m_hash, images), title_vector, sentence in zip(ready, title_vectors, sentence_vectors):
         vectors = photo_vectors[offset : offset + len(images)]
         offset += len(images)
         points.append(ProductPoint(row.product_id, np.ascontiguousarray(vectors), title_vector,
-                                   payload_of(row, c_hash, m_hash, encoder.info.tag)))
+                                   payload_of(row, c_hash, m_hash, encoder.info.tag, loader), sentence,
+                                   title_terms(row.title)))
     return points

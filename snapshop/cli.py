@@ -106,6 +106,10 @@ def search(
     max_price: Annotated[Optional[float], typer.Option(help="Highest price.")] = None,
     k: Annotated[int, typer.Option("--k", "-k", help="How many products.")] = 10,
     mix: Annotated[Optional[float], typer.Option(help="Text's share in photo+text queries (0..1).")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option(
+        help="Ranker weight override NAME=VALUE (image, caption, text, bm25, category, price, popularity, "
+             "personal); repeatable.")] = None,
+    explain: Annotated[bool, typer.Option(help="Show each signal's share of the score.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     store: StoreOpt = None,
     qdrant_url: UrlOpt = None,
@@ -119,25 +123,48 @@ def search(
 
     settings = build_settings(store, qdrant_url, model)
     try:
+        weights = _parse_weights(weight or [])
         photo = load_image_file(image) if image else None
         filters = SearchFilters(tuple(category or ()), min_price, max_price)
         encoder = load_encoder(settings.model)
         with open_store(settings.store, encoder.info) as vector_store:
             if vector_store.count() == 0:
                 fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
-            results = Searcher(encoder, vector_store, settings.search).search(
-                SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix))
+            response = Searcher(encoder, vector_store, settings.search).search(
+                SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights))
     except SnapshopError as e:
         fail(str(e))
     if as_json:
-        typer.echo(json.dumps([{k_: v for k_, v in r.__dict__.items() if k_ != "payload"} for r in results], indent=2))
+        typer.echo(json.dumps({"nothing_close": response.nothing_close,
+                               "data": [{k_: v for k_, v in r.__dict__.items() if k_ != "payload"}
+                                        for r in response.results]}, indent=2))
         return
-    if not results:
+    if not response.results:
         typer.echo("no products match these filters")
+        return
+    if response.nothing_close:
+        typer.echo("nothing close: these are the nearest products, but none looks like a match")
     typer.echo(f"{'id':>10}  {'score':>6}  {'price':>8}  {'category':<16} title")
-    for r in results:
+    for r in response.results:
         price = f"{r.price:.2f}" if r.price is not None else "-"
         typer.echo(f"{r.product_id:>10}  {r.score:6.3f}  {price:>8}  {(r.category or '-')[:16]:<16} {r.title}")
+        if explain:
+            typer.echo(" " * 12 + "  ".join(f"{name} {share:.0%}" for name, share in r.explanation.items()))
+
+
+def _parse_weights(pairs: list[str]) -> dict[str, float] | None:
+    from engine.errors import InvalidQuery
+
+    weights = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise InvalidQuery(f"--weight wants NAME=NUMBER, got '{pair}'") from None
+        if not sep:
+            raise InvalidQuery(f"--weight wants NAME=NUMBER, got '{pair}'")
+    return weights or None
 
 
 @app.command()
@@ -215,52 +242,52 @@ def main() -> None:
     _quiet_libraries()
 
 
-eval_app = typer.Typer(help="Measure retrieval quality on real product data.", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
-
-
-@eval_app.command("model")
-def eval_model(
-    catalog: Annotated[Path, typer.Option(help="Catalog whose validation split is scored.")],
-    val_fraction: Annotated[float, typer.Option(help="Validation share used in training.")] = 0.25,
-    seed: Annotated[int, typer.Option(help="Seed of the training split.")] = 0,
-    out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here.")] = None,
+@app.command("eval")
+def evaluate(
+    catalog: Annotated[Path, typer.Option(help="Catalog to evaluate on (ingested into a fresh temporary store).")],
+    queries: Annotated[Optional[Path], typer.Option(
+        help="CSV of real shopper photos (query_image,product_id); without it, shopper-like photos are made.")] = None,
+    validation_only: Annotated[bool, typer.Option(
+        help="Only the products the model's training held out (same seed and share as its checkpoint).")] = False,
+    limit_products: Annotated[Optional[int], typer.Option(help="Use at most this many products.")] = None,
+    limit_queries: Annotated[int, typer.Option(help="At most this many queries per set.")] = 500,
+    out: Annotated[Path, typer.Option(help="Folder for eval.json and recall_at_k.png.")] = Path("var/eval"),
     model: ModelOpt = None,
 ) -> None:
-    """Title -> photo retrieval on the validation split, image vectors alone."""
+    """Recall@1/5/10, MRR and nDCG@10 per query set and per signal (image, text, BM25, fused)."""
     from engine.encoder import load_encoder
-    from eval.model_quality import title_to_photo
+    from eval.harness import format_table, run_eval, write_outputs
 
     settings = build_settings(model=model)
     try:
-        result = title_to_photo(load_encoder(settings.model), catalog, val_fraction, seed, progress=True)
+        encoder = load_encoder(settings.model)
+        report = run_eval(encoder, catalog, queries, validation_only, limit_products, limit_queries,
+                          settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")))
     except SnapshopError as e:
         fail(str(e))
-    _print_figures("title -> photo (validation split)", result, out)
+    typer.echo(format_table(report))
+    paths = write_outputs(report, out)
+    typer.echo(f"wrote {paths['json']} and {paths['plot']}")
 
 
-@eval_app.command("photos")
-def eval_photos(
-    catalog: Annotated[Path, typer.Option(help="The shop's catalog.")],
-    queries: Annotated[Path, typer.Option(help="CSV of query_image,product_id (shopper photos).")],
-    out: Annotated[Optional[Path], typer.Option(help="Write the figures as JSON here.")] = None,
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on [SNAPSHOP_API__HOST].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on [SNAPSHOP_API__PORT].")] = None,
+    store: StoreOpt = None,
+    qdrant_url: UrlOpt = None,
     model: ModelOpt = None,
 ) -> None:
-    """Shopper photo -> product retrieval through the full search path."""
-    from engine.encoder import load_encoder
-    from eval.photo_queries import photo_queries
+    """Serve the HTTP API and the shopper page (API docs at /docs)."""
+    import uvicorn
 
-    settings = build_settings(model=model)
+    from api.app import create_app
+
+    settings = build_settings(store, qdrant_url, model)
     try:
-        result = photo_queries(load_encoder(settings.model), catalog, queries, search_settings=settings.search)
+        application = create_app(settings)
     except SnapshopError as e:
         fail(str(e))
-    _print_figures("shopper photo -> product", result, out)
-
-
-def _print_figures(title: str, result: dict, out: Path | None) -> None:
-    typer.echo(title)
-    for key, value in result.items():
-        typer.echo(f"  {key:<20} {value}")
-    if out:
-        out.write_text(json.dumps(result, indent=2))
+    # One process: the embedded store admits a single one, and the model is loaded once.
+    uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port, workers=1,
+                log_level="info")

@@ -37,7 +37,7 @@ def test_search_by_text_prints_a_ranked_table(demo_store):
     folder, _ = demo_store
     result = snapshop("search", "--text", "analog wrist watch", "--k", "5", "--json", cwd=folder)
     assert result.returncode == 0, result.stderr
-    hits = json.loads(result.stdout)
+    hits = json.loads(result.stdout)["data"]
     assert len(hits) == 5 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     assert sum(h["category"] == "Watches" for h in hits) >= 4
 
@@ -52,7 +52,7 @@ def test_search_by_photo_with_a_price_filter(demo_store):
     result = snapshop("search", "--image", str(REPO / "demo" / target["image"]), "--min-price", str(price - 1),
                       "--max-price", str(price + 500), "--json", cwd=folder)
     assert result.returncode == 0, result.stderr
-    hits = json.loads(result.stdout)
+    hits = json.loads(result.stdout)["data"]
     assert hits[0]["product_id"] == target["id"]
     assert all(price - 1 <= h["price"] <= price + 500 for h in hits)
 

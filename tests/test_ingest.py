@@ -128,7 +128,7 @@ def test_several_photos_of_one_product_are_one_result(tmp_path, small_rows, enco
     assert stored.image_vectors.shape[0] == 3
     searcher = Searcher(encoder, store)
     photo = load_image_file(images / "w3.jpg")
-    results = searcher.search(SearchQuery(image=photo, k=10))
+    results = searcher.search(SearchQuery(image=photo, k=10)).results
     ids = [r.product_id for r in results]
     assert ids[0] == str(frame.iloc[0].id)
     assert len(ids) == len(set(ids))

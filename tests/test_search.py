@@ -28,7 +28,7 @@ def test_text_finds_the_kind_of_product_described(shop):
     searcher, _ = shop
     for text, category in [("analog wrist watch", "Watches"), ("sunglasses", "Sunglasses"),
                            ("running shoes", "Sports Shoes"), ("denim jeans", "Jeans")]:
-        results = searcher.search(SearchQuery(text=text, k=5))
+        results = searcher.search(SearchQuery(text=text, k=5)).results
         hits = sum(r.category == category for r in results)
         assert hits >= 4, (text, [r.category for r in results])
 
@@ -37,7 +37,7 @@ def test_a_photo_finds_its_own_product_first(shop):
     searcher, rows = shop
     for _, row in rows.iloc[::10].iterrows():
         photo = load_image_file(FASHION / row["image"])
-        results = searcher.search(SearchQuery(image=photo, k=3))
+        results = searcher.search(SearchQuery(image=photo, k=3)).results
         assert results[0].product_id == str(row["id"])
 
 
@@ -47,7 +47,7 @@ def test_every_hit_satisfies_category_and_price_filters(shop):
     low, high = float(prices.iloc[5]), float(prices.iloc[-5])
     filters = SearchFilters(categories=("Watches", "Handbags"), min_price=low, max_price=high)
     expected = rows[rows.category.isin(["Watches", "Handbags"]) & rows.price.between(low, high)]
-    results = searcher.search(SearchQuery(text="black", filters=filters, k=50))
+    results = searcher.search(SearchQuery(text="black", filters=filters, k=50)).results
     assert len(results) == len(expected) > 0
     for result in results:
         assert result.category in ("Watches", "Handbags") and low <= result.price <= high
@@ -55,7 +55,7 @@ def test_every_hit_satisfies_category_and_price_filters(shop):
 
 def test_a_filter_nothing_satisfies_gives_no_results(shop):
     searcher, _ = shop
-    assert searcher.search(SearchQuery(text="shirt", filters=SearchFilters(categories=("Sarees",)))) == []
+    assert searcher.search(SearchQuery(text="shirt", filters=SearchFilters(categories=("Sarees",)))).results == []
 
 
 def test_photo_plus_text_moves_results_toward_the_words(shop, fashion_frame):
@@ -63,8 +63,8 @@ def test_photo_plus_text_moves_results_toward_the_words(shop, fashion_frame):
     searcher, rows = shop
     shirt = rows[(rows.category == "Shirts") & (rows.colour != "Black")].iloc[0]
     photo = load_image_file(FASHION / shirt["image"])
-    alone = searcher.search(SearchQuery(image=photo, k=8))
-    both = searcher.search(SearchQuery(image=photo, text="black shirt", k=8))
+    alone = searcher.search(SearchQuery(image=photo, k=8)).results
+    both = searcher.search(SearchQuery(image=photo, text="black shirt", k=8)).results
     colour = dict(zip(rows.id.astype(str), rows.colour))
     black_alone = sum(colour[r.product_id] == "Black" for r in alone)
     black_both = sum(colour[r.product_id] == "Black" for r in both)

@@ -18,8 +18,11 @@ import numpy as np
 from engine.encoder import ModelInfo
 from engine.errors import InvalidQuery, StoreModelMismatch
 
-IMAGE_VECTOR = "image"
-TEXT_VECTOR = "text"
+IMAGE_VECTOR = "image"  # photos in the joint space (multivector, MaxSim)
+TEXT_VECTOR = "text"  # the title in the joint space
+SENTENCE_VECTOR = "title"  # the title as a MiniLM sentence embedding (text-to-text similarity)
+BM25_VECTOR = "bm25"  # the title's terms, scored BM25 (sparse, IDF)
+SENTENCE_DIM = 384
 _ID_NAMESPACE = uuid.UUID("6f1c3c8e-6a57-4d39-9b6e-2f5a3a1f0c42")
 
 # Payload fields with an index: filters on them stay fast at a million products.
@@ -40,6 +43,8 @@ class ProductPoint:
     image_vectors: np.ndarray  # (photos, dim)
     text_vector: np.ndarray  # (dim,)
     payload: dict
+    sentence_vector: np.ndarray | None = None  # (384,)
+    terms: tuple[list[int], list[float]] | None = None  # BM25 sparse (indices, values)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class StoredProduct:
     payload: dict
     image_vectors: np.ndarray | None = None
     text_vector: np.ndarray | None = None
+    sentence_vector: np.ndarray | None = None
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Hit:
     payload: dict
     image_vectors: np.ndarray | None = None
     text_vector: np.ndarray | None = None
+    sentence_vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -106,10 +113,28 @@ class VectorStore(ABC):
         """Nearest products to ``vector`` on the named vector ``using``."""
 
     @abstractmethod
+    def query_terms(self, terms: tuple[list[int], list[float]], filters: SearchFilters, limit: int,
+                    with_vectors: bool = False) -> list[Hit]:
+        """Products whose titles best match ``terms`` by BM25."""
+
+    @abstractmethod
+    def recommend(self, positives: list[np.ndarray], negatives: list[np.ndarray], filters: SearchFilters,
+                  limit: int) -> list[Hit]:
+        """Products like the positive photo vectors and unlike the negative ones (Qdrant recommend)."""
+
+    @abstractmethod
+    def extreme_price(self, filters: SearchFilters, lowest: bool) -> float | None:
+        """The lowest (or highest) price under ``filters``, from the price index."""
+
+    @abstractmethod
     def count(self, filters: SearchFilters = SearchFilters()) -> int: ...
 
     @abstractmethod
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]: ...
+
+    @abstractmethod
+    def sample(self, size: int) -> list[StoredProduct]:
+        """Up to ``size`` products with their vectors, spread over the catalog."""
 
     @abstractmethod
     def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
@@ -142,4 +167,16 @@ def check_model(stored: dict, info: ModelInfo, where: str) -> None:
 
 
 def model_record(info: ModelInfo) -> dict:
-    return {"model": info.name, "model_version": info.version, "dim": info.dim, "schema": 1}
+    return {"model": info.name, "model_version": info.version, "dim": info.dim, "schema": 2}
+
+
+def vectors_of(vector) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(photos, title in joint space, title sentence) from a point's named vectors."""
+    if not isinstance(vector, dict):
+        return None, None, None
+
+    def dense(name):
+        value = vector.get(name)
+        return np.asarray(value, dtype=np.float32) if value is not None else None
+
+    return dense(IMAGE_VECTOR), dense(TEXT_VECTOR), dense(SENTENCE_VECTOR)

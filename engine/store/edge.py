@@ -18,8 +18,11 @@ import qdrant_edge as qe
 from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
 from engine.store.base import (
+    BM25_VECTOR,
     FLOAT_FIELDS,
     IMAGE_VECTOR,
+    SENTENCE_DIM,
+    SENTENCE_VECTOR,
     KEYWORD_FIELDS,
     TEXT_VECTOR,
     Hit,
@@ -30,6 +33,7 @@ from engine.store.base import (
     check_model,
     model_record,
     point_id,
+    vectors_of,
 )
 
 BOOKKEEPING = ["product_id", "content_hash", "meta_hash"]
@@ -80,7 +84,9 @@ class EdgeStore(VectorStore):
                     multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
                 ),
                 TEXT_VECTOR: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
+                SENTENCE_VECTOR: qe.EdgeVectorParams(size=SENTENCE_DIM, distance=qe.Distance.Cosine),
             },
+            sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
         )
 
     # --- writes -----------------------------------------------------------------------------
@@ -88,12 +94,7 @@ class EdgeStore(VectorStore):
         if not points:
             return
         edge_points = [
-            qe.Point(
-                id=point_id(p.product_id),
-                vector={IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
-                        TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()},
-                payload={**p.payload, "product_id": p.product_id},
-            )
+            qe.Point(id=point_id(p.product_id), vector=_named(p), payload={**p.payload, "product_id": p.product_id})
             for p in points
         ]
         with self._write_lock:
@@ -123,8 +124,7 @@ class EdgeStore(VectorStore):
         out = {}
         for record in records:
             payload = dict(record.payload or {})
-            image, text = _vectors(record.vector) if with_vectors else (None, None)
-            out[payload["product_id"]] = StoredProduct(payload["product_id"], payload, image, text)
+            out[payload["product_id"]] = StoredProduct(payload["product_id"], payload, *vectors_of(record.vector))
         return out
 
     def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
@@ -139,11 +139,38 @@ class EdgeStore(VectorStore):
             with_vector=with_vectors,
             params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
         )
+        return self._hits(request)
+
+    def query_terms(self, terms, filters, limit, with_vectors=False) -> list[Hit]:
+        if not terms[0]:
+            return []
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(qe.SparseVector(indices=terms[0], values=terms[1]), using=BM25_VECTOR),
+            filter=_filter(filters), with_payload=True, with_vector=with_vectors,
+        )
+        return self._hits(request)
+
+    def recommend(self, positives, negatives, filters, limit) -> list[Hit]:
+        recommend = qe.RecommendQuery(
+            positives=[[v.astype(np.float32).tolist()] for v in positives],
+            negatives=[[v.astype(np.float32).tolist()] for v in negatives],
+        )
+        request = qe.QueryRequest(limit=limit, query=qe.Query.RecommendBestScore(recommend, using=IMAGE_VECTOR),
+                                  filter=_filter(filters), with_payload=True, with_vector=False)
+        return self._hits(request)
+
+    def extreme_price(self, filters, lowest) -> float | None:
+        order = qe.OrderBy("price", direction=qe.Direction.Asc if lowest else qe.Direction.Desc)
+        records, _ = self.shard.scroll(qe.ScrollRequest(limit=1, filter=_filter(filters), with_payload=["price"],
+                                                        with_vector=False, order_by=order))
+        return float(records[0].payload["price"]) if records and records[0].payload.get("price") is not None else None
+
+    def _hits(self, request) -> list[Hit]:
         hits = []
         for point in self.shard.query(request):
             payload = dict(point.payload or {})
-            image, text = _vectors(point.vector) if with_vectors else (None, None)
-            hits.append(Hit(payload["product_id"], float(point.score), payload, image, text))
+            hits.append(Hit(payload["product_id"], float(point.score), payload, *vectors_of(point.vector)))
         return hits
 
     def count(self, filters: SearchFilters = SearchFilters()) -> int:
@@ -152,6 +179,11 @@ class EdgeStore(VectorStore):
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
         response = self.shard.facet(qe.FacetRequest(key=key, limit=limit, exact=True, filter=_filter(filters)))
         return {str(hit.value): hit.count for hit in response.hits}
+
+    def sample(self, size: int) -> list[StoredProduct]:
+        request = qe.QueryRequest(limit=size, query=qe.Sample.Random, with_payload=["product_id"], with_vector=True)
+        return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector))
+                for p in self.shard.query(request)]
 
     def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         offset = None
@@ -173,13 +205,14 @@ class EdgeStore(VectorStore):
                 shard.close()
 
 
-def _vectors(vector) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if not isinstance(vector, dict):
-        return None, None
-    image = vector.get(IMAGE_VECTOR)
-    text = vector.get(TEXT_VECTOR)
-    return (np.asarray(image, dtype=np.float32) if image is not None else None,
-            np.asarray(text, dtype=np.float32) if text is not None else None)
+def _named(p: ProductPoint) -> dict:
+    vectors = {IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
+               TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
+    if p.sentence_vector is not None:
+        vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
+    if p.terms is not None and p.terms[0]:
+        vectors[BM25_VECTOR] = qe.SparseVector(indices=list(p.terms[0]), values=list(p.terms[1]))
+    return vectors
 
 
 def _filter(filters: SearchFilters) -> qe.Filter | None:

@@ -15,8 +15,11 @@ from qdrant_client import models as qm
 from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
 from engine.store.base import (
+    BM25_VECTOR,
     FLOAT_FIELDS,
     IMAGE_VECTOR,
+    SENTENCE_DIM,
+    SENTENCE_VECTOR,
     KEYWORD_FIELDS,
     TEXT_VECTOR,
     Hit,
@@ -27,6 +30,7 @@ from engine.store.base import (
     check_model,
     model_record,
     point_id,
+    vectors_of,
 )
 from engine.store.edge import BOOKKEEPING
 
@@ -62,7 +66,9 @@ class ServerStore(VectorStore):
                     multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
                 ),
                 TEXT_VECTOR: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE),
+                SENTENCE_VECTOR: qm.VectorParams(size=SENTENCE_DIM, distance=qm.Distance.COSINE),
             },
+            sparse_vectors_config={BM25_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
             metadata=model_record(info),
         )
         for name in KEYWORD_FIELDS:
@@ -76,12 +82,8 @@ class ServerStore(VectorStore):
         self.client.upsert(
             self.collection,
             points=[
-                qm.PointStruct(
-                    id=point_id(p.product_id),
-                    vector={IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
-                            TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()},
-                    payload={**p.payload, "product_id": p.product_id},
-                )
+                qm.PointStruct(id=point_id(p.product_id), vector=_named(p),
+                               payload={**p.payload, "product_id": p.product_id})
                 for p in points
             ],
             wait=True,
@@ -102,8 +104,8 @@ class ServerStore(VectorStore):
                                        with_payload=True, with_vectors=with_vectors)
         out = {}
         for record in records:
-            image, text = _vectors(record.vector)
-            out[record.payload["product_id"]] = StoredProduct(record.payload["product_id"], record.payload, image, text)
+            out[record.payload["product_id"]] = StoredProduct(record.payload["product_id"], record.payload,
+                                                              *vectors_of(record.vector))
         return out
 
     def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
@@ -114,11 +116,39 @@ class ServerStore(VectorStore):
             self.collection, query=query_vector, using=using, query_filter=_filter(filters), limit=limit,
             with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
         )
-        hits = []
-        for point in response.points:
-            image, text = _vectors(point.vector)
-            hits.append(Hit(point.payload["product_id"], float(point.score), point.payload, image, text))
-        return hits
+        return _hits(response)
+
+    def query_terms(self, terms, filters, limit, with_vectors=False) -> list[Hit]:
+        if not terms[0]:
+            return []
+        response = self.client.query_points(
+            self.collection, query=qm.SparseVector(indices=terms[0], values=terms[1]), using=BM25_VECTOR,
+            query_filter=_filter(filters), limit=limit, with_payload=True, with_vectors=with_vectors,
+        )
+        return _hits(response)
+
+    def recommend(self, positives, negatives, filters, limit) -> list[Hit]:
+        response = self.client.query_points(
+            self.collection,
+            query=qm.RecommendQuery(recommend=qm.RecommendInput(
+                positive=[[v.astype(np.float32).tolist()] for v in positives],
+                negative=[[v.astype(np.float32).tolist()] for v in negatives],
+                strategy=qm.RecommendStrategy.BEST_SCORE,
+            )),
+            using=IMAGE_VECTOR, query_filter=_filter(filters), limit=limit, with_payload=True,
+        )
+        return _hits(response)
+
+    def extreme_price(self, filters, lowest) -> float | None:
+        price_filter = _filter(filters)
+        must = list(price_filter.must or []) if price_filter else []
+        must.append(qm.FieldCondition(key="price", range=qm.Range(gte=0)))
+        records, _ = self.client.scroll(
+            self.collection, scroll_filter=qm.Filter(must=must, must_not=price_filter.must_not if price_filter else None),
+            limit=1, with_payload=["price"],
+            order_by=qm.OrderBy(key="price", direction=qm.Direction.ASC if lowest else qm.Direction.DESC),
+        )
+        return float(records[0].payload["price"]) if records else None
 
     def count(self, filters: SearchFilters = SearchFilters()) -> int:
         return self.client.count(self.collection, count_filter=_filter(filters), exact=True).count
@@ -140,6 +170,11 @@ class ServerStore(VectorStore):
                 if offset is None:
                     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
 
+    def sample(self, size: int) -> list[StoredProduct]:
+        response = self.client.query_points(self.collection, query=qm.SampleQuery(sample=qm.Sample.RANDOM),
+                                            limit=size, with_payload=["product_id"], with_vectors=True)
+        return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector)) for p in response.points]
+
     def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         offset = None
         while True:
@@ -160,12 +195,18 @@ class ServerStore(VectorStore):
             raise StoreError(f"closing the Qdrant client failed: {e}") from e
 
 
-def _vectors(vector) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if not isinstance(vector, dict):
-        return None, None
-    image, text = vector.get(IMAGE_VECTOR), vector.get(TEXT_VECTOR)
-    return (np.asarray(image, dtype=np.float32) if image is not None else None,
-            np.asarray(text, dtype=np.float32) if text is not None else None)
+def _hits(response) -> list[Hit]:
+    return [Hit(p.payload["product_id"], float(p.score), p.payload, *vectors_of(p.vector)) for p in response.points]
+
+
+def _named(p: ProductPoint) -> dict:
+    vectors = {IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
+               TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
+    if p.sentence_vector is not None:
+        vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
+    if p.terms is not None and p.terms[0]:
+        vectors[BM25_VECTOR] = qm.SparseVector(indices=list(p.terms[0]), values=list(p.terms[1]))
+    return vectors
 
 
 def _filter(filters: SearchFilters) -> qm.Filter | None:

@@ -1,0 +1,99 @@
+"""The hybrid ranker: image, text and metadata signals fused at query time.
+
+Each signal gives a raw score per candidate product; calibration maps it to [0, 1] by how far
+it stands above the same query's scores against a random sample of the catalog (its
+background), and the fused score is the weighted mean of the calibrated signals that apply.
+Every result carries each signal's share of its score.
+
+Signals:
+- image: the (photo, text or photo+text) query against the product's photos, joint space.
+- caption: the same query against the product's title in the joint space (cross-modal).
+- text: the typed text against the title, MiniLM sentence embeddings (text-to-text).
+- bm25: the typed words against the title's words (Qdrant sparse BM25).
+- category: how likely the product's category is for the query, predicted zero-shot from the
+  query photo or text against the store's category names.
+- price: closeness to a target price the shopper gave.
+- popularity: a catalog field (popularity, sales, rating), when the shop provides one.
+- personal: similarity to the shopper's history (viewed or bought product ids).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+SIGNALS = ("image", "caption", "text", "bm25", "category", "price", "popularity", "personal")
+
+
+class RankerWeights(BaseModel):
+    """How much each signal counts; 0 switches it off. Merchandisers tune these."""
+
+    image: float = Field(1.0, ge=0, le=10)
+    caption: float = Field(0.3, ge=0, le=10)
+    text: float = Field(0.5, ge=0, le=10)
+    bm25: float = Field(0.3, ge=0, le=10)
+    category: float = Field(0.3, ge=0, le=10)
+    price: float = Field(0.5, ge=0, le=10)
+    popularity: float = Field(0.0, ge=0, le=10)
+    personal: float = Field(0.5, ge=0, le=10)
+
+    def merged(self, overrides: dict[str, float] | None) -> "RankerWeights":
+        return self.model_copy(update=overrides or {}) if overrides else self
+
+
+# How far above the catalog's background a raw similarity must be to count as a likely match:
+# z = (raw - background mean) / background std, then sigmoid((z - Z_CENTER) / Z_SCALE).
+# A query's own background makes short queries ("shoes") and long ones (a full title), photos
+# and texts comparable, which raw cosines are not.
+Z_CENTER = 2.5
+Z_SCALE = 0.75
+
+
+@dataclass(frozen=True)
+class Background:
+    """Raw scores of one query against a random sample of the catalog."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray) -> "Background":
+        return cls(float(scores.mean()), max(float(scores.std()), 1e-3))
+
+    def calibrate(self, raw: float) -> float:
+        z = (raw - self.mean) / self.std
+        return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, (z - Z_CENTER) / Z_SCALE))))
+
+
+def bm25_share(raw: float, best: float) -> float:
+    """BM25 relative to the best title match of this query: 1 for the best, 0 for no shared word."""
+    return raw / best if best > 0 else 0.0
+
+
+def fuse(signals: dict[str, float], weights: RankerWeights) -> tuple[float, dict[str, float]]:
+    """Weighted mean of calibrated signals and each signal's share of it."""
+    active = {name: value for name, value in signals.items() if getattr(weights, name) > 0}
+    total_weight = sum(getattr(weights, name) for name in active)
+    if total_weight == 0:
+        return 0.0, {}
+    contributions = {name: getattr(weights, name) * value / total_weight for name, value in active.items()}
+    score = sum(contributions.values())
+    shares = {name: (c / score if score > 0 else 0.0) for name, c in contributions.items()}
+    return score, shares
+
+
+def price_closeness(price: float | None, target: float) -> float:
+    """1 at the target price, 0.5 at a factor of about 1.4 away, falling off on a log scale."""
+    if price is None or price <= 0 or target <= 0:
+        return 0.0
+    return math.exp(-abs(math.log(price / target)) / 0.5)
+
+
+def softmax(values: np.ndarray, temperature: float) -> np.ndarray:
+    z = values / temperature
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()

@@ -1,0 +1,156 @@
+"""`snapshop eval`: retrieval quality per query set and per signal, as a table, JSON and a plot.
+
+The catalog (or its validation split) is ingested into a fresh embedded store; every query set
+is then run through the real search path once per signal on its own (the others weighted 0) and
+once fused with the default weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from engine.encoder import Encoder
+from engine.images import load_image_file
+from engine.ranking import SIGNALS
+from engine.search import Searcher, SearchQuery
+from engine.settings import IngestSettings, SearchSettings, StoreSettings
+from engine.store import open_store
+from engine.training import split_validation
+from eval.metrics import first_relevant_ranks, mrr, ndcg_at, recall_at
+from eval.query_sets import (
+    augmented_photo_queries,
+    category_queries,
+    describing_queries,
+    real_photo_queries,
+)
+from ingest.catalog import Catalog, read_catalog
+from ingest.pipeline import ImageLoader, ingest_catalog
+
+KS = (1, 5, 10, 20)
+ALONE = {name: {other: (1.0 if other == name else 0.0) for other in SIGNALS} for name in SIGNALS}
+TEXT_CONFIGS = {"image": ALONE["image"], "text": ALONE["text"], "bm25": ALONE["bm25"], "fused": None}
+PHOTO_CONFIGS = {"image": ALONE["image"], "caption": ALONE["caption"], "category": ALONE["category"], "fused": None}
+
+
+def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = None, validation_only: bool = False,
+             limit_products: int | None = None, limit_queries: int = 500, search: SearchSettings = SearchSettings(),
+             progress: bool = True, seed: int = 0) -> dict:
+    catalog = read_catalog(catalog_path)
+    rows = catalog.rows
+    if validation_only:
+        meta = encoder.metadata or {}
+        held_out = split_validation([r.product_id for r in rows], meta.get("val_fraction", 0.25), meta.get("val_seed", 0))
+        rows = [r for r in rows if r.product_id in held_out]
+    rows = rows[:limit_products] if limit_products else rows
+    subset = Catalog(catalog.path, rows, [])
+    loader = ImageLoader(catalog.base_dir, IngestSettings())
+    report = {"catalog": str(catalog_path), "products": len(rows), "model": encoder.info.tag,
+              "validation_only": validation_only, "query_sets": {}}
+    with tempfile.TemporaryDirectory() as folder, \
+            open_store(StoreSettings(path=Path(folder)), encoder.info) as store:
+        ingest_catalog(subset, encoder, store, IngestSettings(), progress=progress)
+        searcher = Searcher(encoder, store, search)
+        sets = report["query_sets"]
+        titles = [(row.title, {row.product_id: 1.0}) for row in rows[:limit_queries * 4]]
+        sets["title_to_photo"] = _text_set(searcher, titles, {"image": ALONE["image"]}, progress)
+        describing = describing_queries(rows, limit_queries, seed)
+        if describing:
+            sets["describing"] = _text_set(searcher, [(q.text, q.gains) for q in describing], TEXT_CONFIGS, progress)
+        categories = category_queries(rows)
+        if categories:
+            sets["category"] = _text_set(searcher, [(q.text, q.gains) for q in categories], TEXT_CONFIGS, progress)
+        if queries_csv is not None:
+            photos = real_photo_queries(queries_csv, load_image_file)
+            sets["shopper_photos"] = _photo_set(searcher, photos[:limit_queries * 2], progress)
+        else:
+            photos = augmented_photo_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)
+            sets["shopper_like_photos"] = _photo_set(searcher, photos, progress)
+    return report
+
+
+def _text_set(searcher: Searcher, queries: list[tuple[str, dict]], configs: dict, progress: bool) -> dict:
+    out = {}
+    for name, weights in configs.items():
+        rankings, latencies = [], []
+        for text, _ in tqdm(queries, desc=f"{name}", disable=not progress, leave=False):
+            started = time.perf_counter()
+            response = searcher.search(SearchQuery(text=text, k=max(KS), weights=weights))
+            latencies.append(time.perf_counter() - started)
+            rankings.append([r.product_id for r in response.results])
+        out[name] = _metrics(rankings, [gains for _, gains in queries], latencies)
+    return out
+
+
+def _photo_set(searcher: Searcher, photos, progress: bool) -> dict:
+    out = {}
+    for name, weights in PHOTO_CONFIGS.items():
+        rankings, latencies = [], []
+        for query in tqdm(photos, desc=f"photos {name}", disable=not progress, leave=False):
+            started = time.perf_counter()
+            response = searcher.search(SearchQuery(image=query.image, k=max(KS), weights=weights))
+            latencies.append(time.perf_counter() - started)
+            rankings.append([r.product_id for r in response.results])
+        out[name] = _metrics(rankings, [{q.product_id: 1.0} for q in photos], latencies)
+    return out
+
+
+def _metrics(rankings: list[list[str]], gains: list[dict], latencies: list[float]) -> dict:
+    # Recall and MRR count the best grade as relevant; nDCG uses every grade.
+    relevant = [{pid for pid, g in gain.items() if g == max(gain.values())} for gain in gains]
+    ranks = first_relevant_ranks(rankings, relevant)
+    metrics = {f"recall@{k}": round(recall_at(ranks, k), 4) for k in KS}
+    metrics["mrr"] = round(mrr(ranks), 4)
+    metrics["ndcg@10"] = round(ndcg_at(rankings, gains, 10), 4)
+    metrics["queries"] = len(rankings)
+    metrics["p50_ms"] = round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None
+    return metrics
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{'query set':<22} {'signal':<9} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR':>6} {'nDCG@10':>8} "
+             f"{'n':>5} {'p50 ms':>7}"]
+    for set_name, signals in report["query_sets"].items():
+        for signal, m in signals.items():
+            lines.append(f"{set_name:<22} {signal:<9} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
+                         f"{m['mrr']:6.3f} {m['ndcg@10']:8.3f} {m['queries']:5d} {m['p50_ms']:7.1f}")
+    return "\n".join(lines)
+
+
+def write_outputs(report: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "eval.json"
+    json_path.write_text(json.dumps(report, indent=2))
+    png_path = out_dir / "recall_at_k.png"
+    plot_recall(report, png_path)
+    return {"json": json_path, "plot": png_path}
+
+
+def plot_recall(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = report["query_sets"]
+    figure, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.6), squeeze=False)
+    for axis, (set_name, signals) in zip(axes[0], sets.items()):
+        for signal, m in signals.items():
+            axis.plot(KS, [m[f"recall@{k}"] for k in KS], marker="o", label=signal,
+                      linewidth=2.5 if signal == "fused" else 1.2)
+        axis.set_title(set_name)
+        axis.set_xlabel("k")
+        axis.set_ylim(0, 1)
+        axis.set_xticks(KS)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0][0].set_ylabel("Recall@k")
+    figure.suptitle(f"{report['model']} on {Path(report['catalog']).parent.name} ({report['products']} products)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
