@@ -26,6 +26,7 @@ from eval.metrics import first_relevant_ranks, mrr, ndcg_at, recall_at
 from eval.query_sets import (
     augmented_photo_queries,
     category_queries,
+    composed_queries,
     describing_queries,
     real_photo_queries,
 )
@@ -65,6 +66,9 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
         categories = category_queries(rows)
         if categories:
             sets["category"] = _text_set(searcher, [(q.text, q.gains) for q in categories], TEXT_CONFIGS, progress)
+        composed = composed_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)
+        if composed:
+            sets["photo_plus_text"] = _composed_set(searcher, composed, progress)
         if queries_csv is not None:
             photos = real_photo_queries(queries_csv, load_image_file)
             sets["shopper_photos"] = _photo_set(searcher, photos[:limit_queries * 2], progress)
@@ -84,6 +88,22 @@ def _text_set(searcher: Searcher, queries: list[tuple[str, dict]], configs: dict
             latencies.append(time.perf_counter() - started)
             rankings.append([r.product_id for r in response.results])
         out[name] = _metrics(rankings, [gains for _, gains in queries], latencies)
+    return out
+
+
+def _composed_set(searcher: Searcher, queries, progress: bool) -> dict:
+    """The photo alone, the words alone, and both: both should beat either."""
+    variants = {"photo only": lambda q: SearchQuery(image=q.image, k=max(KS)),
+                "text only": lambda q: SearchQuery(text=q.text, k=max(KS)),
+                "photo+text": lambda q: SearchQuery(image=q.image, text=q.text, k=max(KS))}
+    out = {}
+    for name, make in variants.items():
+        rankings, latencies = [], []
+        for query in tqdm(queries, desc=name, disable=not progress, leave=False):
+            started = time.perf_counter()
+            rankings.append([r.product_id for r in searcher.search(make(query)).results])
+            latencies.append(time.perf_counter() - started)
+        out[name] = _metrics(rankings, [q.gains for q in queries], latencies)
     return out
 
 
@@ -113,11 +133,11 @@ def _metrics(rankings: list[list[str]], gains: list[dict], latencies: list[float
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'query set':<22} {'signal':<9} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR':>6} {'nDCG@10':>8} "
+    lines = [f"{'query set':<22} {'signal':<11} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'MRR':>6} {'nDCG@10':>8} "
              f"{'n':>5} {'p50 ms':>7}"]
     for set_name, signals in report["query_sets"].items():
         for signal, m in signals.items():
-            lines.append(f"{set_name:<22} {signal:<9} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
+            lines.append(f"{set_name:<22} {signal:<11} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
                          f"{m['mrr']:6.3f} {m['ndcg@10']:8.3f} {m['queries']:5d} {m['p50_ms']:7.1f}")
     return "\n".join(lines)
 

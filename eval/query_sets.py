@@ -35,6 +35,41 @@ class PhotoQuery:
 
 
 @dataclass
+class ComposedQuery:
+    """A photo plus words that change it: "like this, but in black"."""
+
+    image: Image.Image
+    text: str
+    gains: dict[str, float]
+
+
+def composed_queries(rows: list[ProductRow], base_dir: Path, count: int, seed: int = 0, loader=None,
+                     colours: tuple[str, ...] = ("Black", "White", "Blue", "Red", "Green", "Pink", "Brown")
+                     ) -> list[ComposedQuery]:
+    """A product's photo plus "in <colour>" for a colour it is not in; relevant: the same kind of
+    product in that colour (same category and gender = 2, same category = 1)."""
+    groups: dict[tuple, list[ProductRow]] = {}
+    for row in rows:
+        groups.setdefault((row.category, str(row.fields.get("colour"))), []).append(row)
+    rng = random.Random(seed)
+    shuffled = [r for r in rows if r.category and r.fields.get("colour") and r.fields.get("gender")]
+    rng.shuffle(shuffled)
+    queries = []
+    for row in shuffled:
+        options = [c for c in colours if c != row.fields["colour"] and len(groups.get((row.category, c), [])) >= 2]
+        if not options:
+            continue
+        colour = rng.choice(options)
+        gains = {other.product_id: 2.0 if other.fields.get("gender") == row.fields["gender"] else 1.0
+                 for other in groups[(row.category, colour)]}
+        photo = loader(row.images[0]) if loader else Image.open(base_dir / row.images[0])
+        queries.append(ComposedQuery(photo, f"in {colour.lower()}", gains))
+        if len(queries) >= count:
+            break
+    return queries
+
+
+@dataclass
 class QuerySets:
     describing: list[TextQuery] = field(default_factory=list)
     category: list[TextQuery] = field(default_factory=list)

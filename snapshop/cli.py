@@ -272,8 +272,8 @@ def evaluate(
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on [SNAPSHOP_API__HOST].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on [SNAPSHOP_API__PORT].")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [SNAPSHOP_API__HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [SNAPSHOP_API__PORT].")] = None,
     store: StoreOpt = None,
     qdrant_url: UrlOpt = None,
     model: ModelOpt = None,

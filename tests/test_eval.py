@@ -13,7 +13,8 @@ def test_eval_reports_each_query_set_per_signal(tmp_path, fashion_frame, encoder
     path = write_catalog(rows, tmp_path / "shop")
     report = run_eval(encoder, path, limit_queries=12, progress=False)
     sets = report["query_sets"]
-    assert set(sets) == {"title_to_photo", "describing", "category", "shopper_like_photos"}
+    assert set(sets) == {"title_to_photo", "describing", "category", "photo_plus_text", "shopper_like_photos"}
+    assert set(sets["photo_plus_text"]) == {"photo only", "text only", "photo+text"}
     assert set(sets["describing"]) == {"image", "text", "bm25", "fused"}
     assert set(sets["shopper_like_photos"]) == {"image", "caption", "category", "fused"}
     for signals in sets.values():

@@ -101,3 +101,27 @@ def test_an_embedded_store_in_use_is_refused_clearly(tmp_path):
 def test_a_qdrant_url_that_does_not_answer_is_a_clear_error():
     with pytest.raises(StoreUnavailable, match="does not answer"):
         open_store(StoreSettings(url="http://127.0.0.1:9", timeout_s=1), INFO)
+
+
+def test_bm25_terms_sampling_recommend_and_price_extremes(settings):
+    """The calls the hybrid ranker makes, on both back ends."""
+    from engine.lexical import query_terms, title_terms
+
+    points = products()
+    for point in points:
+        point.terms = title_terms(point.payload["title"])
+        point.sentence_vector = np.zeros(384, dtype=np.float32)
+        point.sentence_vector[0] = 1.0
+    with open_store(settings, INFO) as store:
+        store.upsert(points)
+        hits = store.query_terms(query_terms("black shirts"), SearchFilters(), 10)
+        assert hits[0].product_id == "shirt-2" and {h.product_id for h in hits} == {"shirt-1", "shirt-2"}
+        assert store.query_terms(query_terms("steel"), SearchFilters(categories=("Shirts",)), 10) == []
+        sample = store.sample(10)
+        assert {p.product_id for p in sample} == {"shirt-1", "shirt-2", "watch-1"}
+        assert all(p.image_vectors is not None and p.sentence_vector.shape == (384,) for p in sample)
+        liked = store.recommend([unit(1, 0, 0, 0, 0, 0, 0, 0)], [unit(0, 0, 0, 0, 1, 0, 0, 0)],
+                                SearchFilters(exclude_ids=("shirt-1",)), 2)
+        assert [h.product_id for h in liked][0] == "shirt-2"
+        assert store.extreme_price(SearchFilters(), lowest=True) == 20.0
+        assert store.extreme_price(SearchFilters(categories=("Shirts",)), lowest=False) == 45.0

@@ -1,0 +1,125 @@
+"""Products: read one, find similar ones, and the merchandiser's writes (key required).
+
+Writes reuse the ingest pipeline, so an upsert behaves like ingesting a catalog of those rows:
+unchanged products are not re-embedded, bad rows and photos come back with their row numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+
+from api.deps import RequireApiKey, RuntimeDep
+from api.runtime import Runtime
+from api.schemas import (
+    DeleteRequest,
+    DeleteResult,
+    Product,
+    ProductPatch,
+    ProductRecord,
+    RowProblem,
+    SimilarParams,
+    SimilarResults,
+    UpsertSummary,
+    error_responses,
+)
+from api.views import to_hit, to_product
+from engine.errors import ProductNotFound
+from engine.store import StoredProduct
+from ingest.catalog import catalog_from_records
+from ingest.pipeline import IngestSummary, ingest_catalog
+
+router = APIRouter(prefix="/products", tags=["products"])
+WRITE_ERRORS = error_responses(401, 403, 422)
+
+
+async def _stored(runtime: Runtime, product_id: str) -> StoredProduct:
+    found = await runtime.run(runtime.store.get, [product_id])
+    if product_id not in found:
+        raise ProductNotFound(f"no product with id '{product_id}'")
+    return found[product_id]
+
+
+@router.get("/{product_id}", summary="One product", responses=error_responses(404))
+async def get_product(product_id: str, request: Request, runtime: RuntimeDep) -> Product:
+    return to_product(await _stored(runtime, product_id), request)
+
+
+@router.get("/{product_id}/similar", summary="Products that look like this one",
+            responses=error_responses(404, 422))
+async def similar_products(
+    product_id: str, request: Request, runtime: RuntimeDep, params: Annotated[SimilarParams, Query()],
+) -> SimilarResults:
+    results = await runtime.run(runtime.searcher.similar, product_id, params.k, params.filters(),
+                                tuple(params.negative))
+    hits = [to_hit(result, request) for result in results]
+    return SimilarResults(data=hits, count=len(hits))
+
+
+@router.post("", summary="Add or replace products (catalog-like records)", dependencies=[RequireApiKey],
+             responses=WRITE_ERRORS)
+async def upsert_products(
+    runtime: RuntimeDep, records: Annotated[list[ProductRecord], Body(min_length=1)],
+) -> UpsertSummary:
+    limit = runtime.settings.api.max_upsert_records
+    if len(records) > limit:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"{len(records)} records is more than {limit} per request (SNAPSHOP_API__MAX_UPSERT_RECORDS)")
+    catalog = catalog_from_records([record.model_dump(exclude_unset=True) for record in records],
+                                   runtime.settings.api.images_root)
+    summary = await runtime.write(ingest_catalog, catalog, runtime.encoder, runtime.store,
+                                  runtime.settings.ingest, progress=False)
+    return _upsert_summary(summary)
+
+
+def _upsert_summary(summary: IngestSummary) -> UpsertSummary:
+    problems = sorted(summary.skipped_rows + summary.bad_images, key=lambda p: p.row)
+    return UpsertSummary(
+        received=summary.rows, added=summary.added, updated=summary.updated, payload_only=summary.payload_only,
+        unchanged=summary.unchanged, stored=summary.stored,
+        problems=[RowProblem(row=p.row, product_id=p.product_id, reason=p.reason) for p in problems],
+        seconds={name: round(value, 3) for name, value in summary.seconds.items()},
+    )
+
+
+@router.patch("/{product_id}", summary="Change price, category or stock without re-embedding",
+              dependencies=[RequireApiKey], responses=error_responses(401, 403, 404, 422))
+async def update_product(product_id: str, patch: ProductPatch, request: Request, runtime: RuntimeDep) -> Product:
+    async with runtime.write_lock:  # read-modify-write of the payload: no other write in between
+        stored = await _stored(runtime, product_id)
+        values = _patched_payload(stored.payload, patch)
+        await runtime.run(runtime.store.set_payload, product_id, values)
+    return to_product(await _stored(runtime, product_id), request)
+
+
+def _patched_payload(payload: dict, patch: ProductPatch) -> dict:
+    changes = patch.model_dump(exclude_unset=True)
+    values: dict = {key: changes[key] for key in ("price", "category") if key in changes}
+    if "stock" in changes:
+        fields = dict(payload.get("fields") or {})
+        fields["stock"] = changes["stock"]
+        values["fields"] = fields
+    # The catalog stays the source of truth: the next ingest of it rewrites this payload.
+    values["meta_hash"] = "patched"
+    return values
+
+
+@router.delete("/{product_id}", summary="Delete one product", status_code=status.HTTP_204_NO_CONTENT,
+               dependencies=[RequireApiKey], responses=error_responses(401, 403, 404))
+async def delete_product(product_id: str, runtime: RuntimeDep) -> Response:
+    async with runtime.write_lock:
+        await _stored(runtime, product_id)
+        await runtime.run(runtime.store.delete, [product_id])
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/bulk-delete", summary="Delete several products", dependencies=[RequireApiKey],
+             responses=WRITE_ERRORS)
+async def delete_products(request: DeleteRequest, runtime: RuntimeDep) -> DeleteResult:
+    ids = list(dict.fromkeys(request.ids))
+    async with runtime.write_lock:
+        found = await runtime.run(runtime.store.get, ids)
+        await runtime.run(runtime.store.delete, list(found))
+    return DeleteResult(deleted=[pid for pid in ids if pid in found],
+                        not_found=[pid for pid in ids if pid not in found])

@@ -1,0 +1,77 @@
+"""Search by text, by photo, or both; the facets that a shop's filters are drawn from."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from PIL import Image
+
+from api.deps import FiltersQuery, RuntimeDep
+from api.runtime import Runtime
+from api.schemas import (
+    CategoryCount,
+    Facets,
+    PriceBucket,
+    SearchDefaults,
+    SearchForm,
+    SearchResults,
+    error_responses,
+)
+from api.uploads import decode_photo, read_photo
+from api.views import to_hit
+from engine.search import SearchQuery
+from engine.store import SearchFilters
+
+router = APIRouter(tags=["search"])
+
+PhotoFile = Annotated[UploadFile | None, File(description="The shopper's photo (JPEG, PNG, WebP...).")]
+
+
+@router.post("/search", summary="Search by text, photo, or both",
+             responses=error_responses(413, 415, 422))
+async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchForm, Form()],
+                 photo: PhotoFile = None) -> SearchResults:
+    filters = SearchFilters(tuple(form.category), form.min_price, form.max_price)
+    image = await _decoded_photo(photo, runtime)
+    query = SearchQuery(
+        text=form.text, image=image, filters=filters, k=form.k or runtime.settings.search.default_k,
+        photo_text_mix=form.photo_text_mix, weights=form.weights, price_target=form.price_target,
+        history=tuple(form.history),
+    )
+    response = await runtime.run(runtime.searcher.search, query)
+    hits = [to_hit(result, request) for result in response.results]
+    return SearchResults(data=hits, count=len(hits), nothing_close=response.nothing_close,
+                         predicted_category=response.predicted_category)
+
+
+async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> Image.Image | None:
+    if photo is None:
+        return None
+    limit = runtime.settings.api.max_upload_bytes
+    data = await read_photo(photo, limit)
+    if data is None:
+        return None
+    return await runtime.run(decode_photo, data, photo.filename, limit)
+
+
+@router.get("/search/defaults", summary="Ranker weights and limits the shopper page starts from")
+async def search_defaults(runtime: RuntimeDep) -> SearchDefaults:
+    settings = runtime.settings
+    return SearchDefaults(
+        weights=runtime.searcher.weights.model_dump(), photo_text_mix=settings.search.photo_text_mix,
+        default_k=settings.search.default_k, max_k=settings.search.max_k,
+        max_upload_bytes=settings.api.max_upload_bytes,
+    )
+
+
+@router.get("/facets", summary="Product counts per category and a price histogram",
+            responses=error_responses(422))
+async def facets(runtime: RuntimeDep, params: FiltersQuery) -> Facets:
+    counts = await runtime.run(runtime.searcher.facets, params.filters())
+    categories = sorted(counts["categories"].items(), key=lambda item: (-item[1], item[0]))
+    return Facets(
+        total=counts["total"],
+        categories=[CategoryCount(name=name, count=count) for name, count in categories],
+        price_histogram=[PriceBucket(**bucket) for bucket in counts["price_histogram"]],
+    )

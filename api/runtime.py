@@ -1,0 +1,63 @@
+"""What the app holds while it runs: the model, the store, the searcher, and the write lock.
+
+Built once in the app's lifespan and kept on ``app.state.runtime``; routes reach it through
+``api.deps``. Blocking model and store work goes through ``run`` so it never holds up the event
+loop. Every write holds ``write_lock`` (``write`` takes it for one call) because the embedded
+Qdrant Edge store has a single writer, and an ingest's plan-then-write or a read-modify-write of a
+payload must not interleave with another write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+
+from engine.encoder import Encoder, load_encoder
+from engine.search import Searcher
+from engine.settings import Settings
+from engine.store import VectorStore, open_store
+
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    encoder: Encoder
+    store: VectorStore
+    searcher: Searcher
+    limiter: anyio.CapacityLimiter
+    write_lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
+        """``function(*args, **kwargs)`` in a worker thread, at most ``api.search_threads`` at once."""
+        return await anyio.to_thread.run_sync(partial(function, *args, **kwargs), limiter=self.limiter)
+
+    async def write(self, function: Callable[..., T], *args, **kwargs) -> T:
+        """``function`` in a worker thread, one write at a time; it takes no search slot, so a long
+        upsert does not starve shoppers' searches."""
+        async with self.write_lock:
+            return await anyio.to_thread.run_sync(partial(function, *args, **kwargs))
+
+    async def close(self) -> None:
+        """Close the store once in-flight writes are done, so the next process can open it."""
+        async with self.write_lock:
+            await anyio.to_thread.run_sync(self.store.close)
+
+
+async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> Runtime:
+    """Load the model (unless given one) and open the store, off the event loop."""
+    encoder, store = await anyio.to_thread.run_sync(_open_engine, settings, encoder)
+    searcher = Searcher(encoder, store, settings.search)
+    # Locks and limiters belong to the event loop, so they are made here and not in the thread.
+    return Runtime(settings, encoder, store, searcher, anyio.CapacityLimiter(settings.api.search_threads))
+
+
+def _open_engine(settings: Settings, encoder: Encoder | None) -> tuple[Encoder, VectorStore]:
+    encoder = encoder or load_encoder(settings.model)
+    return encoder, open_store(settings.store, encoder.info)

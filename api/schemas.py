@@ -1,0 +1,207 @@
+"""Request and response models of the HTTP API.
+
+Requests, stored products and public answers are kept apart: the store's payload carries
+bookkeeping (hashes, local paths) that never leaves the app; answers carry image URLs instead.
+Lists are wrapped as ``{data, count}``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue, model_validator
+
+from engine.ranking import SIGNALS
+from engine.store import SearchFilters
+
+Price = Field(None, ge=0, allow_inf_nan=False)
+
+
+# --- health -----------------------------------------------------------------------------------
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    products: int = Field(description="Products in the store.")
+    model: str = Field(description="The model (and version) whose vectors the store holds.")
+    store: Literal["edge", "server"]
+
+
+# --- search -----------------------------------------------------------------------------------
+class SearchForm(BaseModel):
+    """A shopper's query; the photo travels beside it as a file part of the same form."""
+
+    text: str | None = Field(None, max_length=1000, description="What the shopper typed.")
+    category: list[str] = Field([], max_length=100, description="Only these categories (repeat the field).")
+    min_price: float | None = Price
+    max_price: float | None = Price
+    k: int | None = Field(None, ge=1, le=10_000, description="How many products; the settings' default if unset.")
+    photo_text_mix: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="The text's share in a photo+text query.")
+    weights: Json[dict[str, float]] | None = Field(
+        None, description=f"Ranker weight overrides as a JSON object, e.g. {{\"image\": 1, \"bm25\": 0}}; "
+                          f"names: {', '.join(SIGNALS)}; each 0..10.")
+    history: list[str] = Field([], max_length=50, description="Product ids the shopper viewed or bought.")
+    price_target: float | None = Field(None, gt=0, allow_inf_nan=False, description="A price the shopper aims at.")
+
+
+class FilterParams(BaseModel):
+    """Category and price filters given in the query string."""
+
+    category: list[str] = Field([], max_length=100, description="Only these categories (repeatable).")
+    min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+    def filters(self) -> SearchFilters:
+        """Raises InvalidQuery for an inverted price range."""
+        return SearchFilters(tuple(self.category), self.min_price, self.max_price)
+
+
+class SimilarParams(FilterParams):
+    k: int = Field(12, ge=1, le=10_000, description="How many products.")
+    negative: list[str] = Field([], max_length=20, description="Ids of products to steer away from (repeatable).")
+
+
+class SearchHit(BaseModel):
+    id: str
+    title: str
+    price: float | None
+    category: str | None
+    images: list[str] = Field(description="Photo URLs: served by this app, or the shop's own URLs.")
+    score: float
+    signals: dict[str, float] = Field(description="Each signal's calibrated value, 0..1.")
+    explanation: dict[str, float] = Field(description="Each signal's share of the score.")
+
+
+class SearchResults(BaseModel):
+    data: list[SearchHit]
+    count: int
+    nothing_close: bool = Field(description="True when no result looks like a match (they are only the nearest).")
+    predicted_category: str | None = None
+
+
+class SimilarResults(BaseModel):
+    data: list[SearchHit]
+    count: int
+
+
+class SearchDefaults(BaseModel):
+    """What the shopper page needs to draw its controls."""
+
+    weights: dict[str, float]
+    photo_text_mix: float
+    default_k: int
+    max_k: int
+    max_upload_bytes: int
+
+
+class CategoryCount(BaseModel):
+    name: str
+    count: int
+
+
+class PriceBucket(BaseModel):
+    min: float
+    max: float
+    count: int
+
+
+class Facets(BaseModel):
+    total: int
+    categories: list[CategoryCount]
+    price_histogram: list[PriceBucket]
+
+
+# --- products ---------------------------------------------------------------------------------
+class Product(BaseModel):
+    id: str
+    title: str
+    price: float | None
+    category: str | None
+    images: list[str]
+    fields: dict[str, JsonValue] = Field(description="The catalog's other columns.")
+
+
+class ProductRecord(BaseModel):
+    """One product to add or replace, shaped like a catalog row.
+
+    Nothing here is required by the schema: a record that cannot become a product (no id, no
+    title, no image) is reported in the answer with its row number, and the others are stored.
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
+        "id": "15970", "title": "Navy Blue Casual Shirt", "image": "images/15970.jpg",
+        "price": 1299.0, "category": "Shirts", "colour": "Navy Blue"}]})
+
+    id: str | int | None = None
+    title: str | None = None
+    image: str | None = Field(None, description="A path under the API's images_root, or an http(s) URL.")
+    images: list[str] | str | None = Field(None, description="Several photos of the product.")
+    price: float | None = Price
+    category: str | None = None
+
+
+class RowProblem(BaseModel):
+    row: int = Field(description="Position of the record in the request, from 1.")
+    product_id: str | None
+    reason: str
+
+
+class UpsertSummary(BaseModel):
+    received: int
+    added: int
+    updated: int
+    payload_only: int = Field(description="Products whose price, category or fields changed (no re-embedding).")
+    unchanged: int
+    stored: int
+    problems: list[RowProblem] = Field(description="Records or photos that were skipped, and why.")
+    seconds: dict[str, float]
+
+
+class ProductPatch(BaseModel):
+    """Fields a merchandiser may change without re-embedding the product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price: float | None = Price
+    category: str | None = Field(None, min_length=1, max_length=200)
+    stock: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> ProductPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of price, category, stock")
+        return self
+
+
+class DeleteRequest(BaseModel):
+    ids: list[str] = Field(min_length=1, max_length=10_000)
+
+
+class DeleteResult(BaseModel):
+    deleted: list[str]
+    not_found: list[str]
+
+
+# --- errors -----------------------------------------------------------------------------------
+class ErrorMessage(BaseModel):
+    detail: str = Field(description="What went wrong, exactly.")
+
+
+class InvalidInput(BaseModel):
+    detail: str | list[dict[str, JsonValue]] = Field(
+        description="The reason, or (for a request that does not fit the schema) one entry per bad field.")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses`` for the error statuses a route may answer."""
+    descriptions = {
+        400: "Bad request.", 401: "No API key given.", 403: "Wrong API key.", 404: "No such product.",
+        409: "The store holds another model's vectors.", 413: "The upload is too large.",
+        415: "The photo is not an image type.", 422: "The request cannot be answered as asked.",
+        503: "The store does not answer.",
+    }
+    return {code: {"model": InvalidInput if code == 422 else ErrorMessage, "description": descriptions[code]}
+            for code in codes}

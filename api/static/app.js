@@ -1,0 +1,339 @@
+// The shopper page: photo and/or text in, a grid of products out; the merchandiser panel tunes
+// the ranker's weights live. Plain DOM, no build step; every product field is set as text, never
+// as HTML.
+"use strict";
+
+const SIGNAL_COLOURS = {
+  image: "#e4572e", caption: "#f3a712", text: "#29335c", bm25: "#669bbc",
+  category: "#2a9d8f", price: "#8d6a9f", popularity: "#a7c957", personal: "#d81159",
+};
+const SIGNAL_LABELS = {
+  image: "photo", caption: "caption", text: "title", bm25: "keywords",
+  category: "category", price: "price", popularity: "popularity", personal: "history",
+};
+const LIVE_DELAY_MS = 250;
+
+const $ = (selector) => document.querySelector(selector);
+const state = {
+  photo: null, categories: new Set(), defaults: null, weights: {}, mix: 0.5,
+  merchandiser: location.pathname.startsWith("/merchandiser"), inflight: null, timer: null,
+};
+const priceFormat = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+
+// --- talking to the API ---------------------------------------------------------------------------
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(reasonOf(body, response));
+  return body;
+}
+
+function reasonOf(body, response) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ");
+  return detail || `${response.status} ${response.statusText}`;
+}
+
+function searchForm() {
+  const form = new FormData();
+  const text = $("#text-input").value.trim();
+  if (text) form.append("text", text);
+  if (state.photo) form.append("photo", state.photo, state.photo.name || "photo.jpg");
+  for (const category of state.categories) form.append("category", category);
+  const min = $("#min-price").value, max = $("#max-price").value;
+  if (min !== "") form.append("min_price", min);
+  if (max !== "") form.append("max_price", max);
+  form.append("k", "24");
+  if (state.defaults) {
+    form.append("photo_text_mix", String(state.mix));
+    form.append("weights", JSON.stringify(state.weights));
+  }
+  return form;
+}
+
+// --- search -----------------------------------------------------------------------------------------
+async function runSearch() {
+  const results = $("#results");
+  if (!state.photo && !$("#text-input").value.trim()) {
+    setStatus("Drop a photo or type what you are looking for.");
+    results.replaceChildren();
+    results.dataset.status = "idle";
+    return;
+  }
+  if (state.inflight) state.inflight.abort();  // live sliders: only the latest query matters
+  const controller = new AbortController();
+  state.inflight = controller;
+  results.dataset.status = "loading";
+  setStatus("Searching…");
+  try {
+    const body = await api("/search", { method: "POST", body: searchForm(), signal: controller.signal });
+    renderResults(results, body.data);
+    setStatus(summary(body), body.nothing_close && body.count ? "warn" : "");
+    results.dataset.status = "ready";
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    results.replaceChildren();
+    setStatus(error.message, "error");
+    results.dataset.status = "error";
+  } finally {
+    if (state.inflight === controller) state.inflight = null;
+  }
+}
+
+function summary(body) {
+  if (!body.count) return "No products match these filters.";
+  const found = `${body.count} product${body.count === 1 ? "" : "s"}`;
+  return body.nothing_close ? `${found} — nothing very close; these are the nearest.` : found;
+}
+
+function setStatus(message, kind = "") {
+  const status = $("#status");
+  status.textContent = message;
+  status.className = `status ${kind}`;
+}
+
+// --- cards --------------------------------------------------------------------------------------------
+function renderResults(container, products) {
+  if (!products.length) {
+    const empty = document.createElement("p");
+    empty.className = "empty";
+    empty.textContent = "Nothing here. Try fewer filters.";
+    container.replaceChildren(empty);
+    return;
+  }
+  container.replaceChildren(...products.map(card));
+}
+
+function card(product) {
+  const node = $("#card-template").content.firstElementChild.cloneNode(true);
+  node.dataset.id = product.id;
+  node.dataset.price = product.price ?? "";
+  const image = node.querySelector("img");
+  if (product.images.length) image.src = product.images[0];
+  image.alt = product.title;
+  node.querySelector(".title").textContent = product.title;
+  node.querySelector(".title").title = product.title;
+  node.querySelector(".price-tag").textContent =
+    product.price == null ? "" : priceFormat.format(product.price);
+  node.querySelector(".category").textContent = product.category || "";
+  fillExplanation(node.querySelector(".explain"), product);
+  node.addEventListener("click", () => openSimilar(product));
+  node.addEventListener("keydown", (event) => { if (event.key === "Enter") openSimilar(product); });
+  return node;
+}
+
+function fillExplanation(explain, product) {
+  explain.hidden = !state.merchandiser;
+  const bar = explain.querySelector(".bar");
+  const shares = Object.entries(product.explanation || {}).filter(([, share]) => share > 0);
+  bar.replaceChildren(...shares.map(([signal, share]) => {
+    const part = document.createElement("span");
+    part.dataset.signal = signal;
+    part.style.width = `${(share * 100).toFixed(1)}%`;
+    part.style.background = SIGNAL_COLOURS[signal] || "#999";
+    part.title = `${SIGNAL_LABELS[signal] || signal}: ${(share * 100).toFixed(0)}% of the score` +
+      (product.signals[signal] != null ? ` (match ${product.signals[signal].toFixed(2)})` : "");
+    return part;
+  }));
+  explain.querySelector(".score").textContent = product.score.toFixed(3);
+}
+
+// --- similar products ------------------------------------------------------------------------------
+async function openSimilar(product) {
+  const dialog = $("#similar-dialog");
+  const grid = $("#similar-results");
+  $("#similar-title").textContent = `Like “${product.title}”`;
+  grid.replaceChildren();
+  grid.dataset.status = "loading";
+  if (!dialog.open) dialog.showModal();
+  try {
+    const params = new URLSearchParams({ k: "12" });
+    for (const category of state.categories) params.append("category", category);
+    const body = await api(`/products/${encodeURIComponent(product.id)}/similar?${params}`);
+    renderResults(grid, body.data);
+    grid.dataset.status = "ready";
+  } catch (error) {
+    const message = document.createElement("p");
+    message.className = "empty";
+    message.textContent = error.message;
+    grid.replaceChildren(message);
+    grid.dataset.status = "error";
+  }
+}
+
+// --- photo input -------------------------------------------------------------------------------------
+function setPhoto(file) {
+  if (file && !file.type.startsWith("image/")) {
+    setStatus(`“${file.name}” is not an image.`, "error");
+    return;
+  }
+  state.photo = file || null;
+  const preview = $("#photo-preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.hidden = !file;
+  $("#drop-hint").hidden = Boolean(file);
+  $("#photo-clear").hidden = !file;
+  if (file) preview.src = URL.createObjectURL(file);
+  else { preview.removeAttribute("src"); $("#photo-input").value = ""; }
+  runSearch();
+}
+
+function wirePhotoInput() {
+  const zone = $("#drop-zone");
+  $("#photo-input").addEventListener("change", (event) => setPhoto(event.target.files[0]));
+  $("#photo-clear").addEventListener("click", (event) => { event.preventDefault(); setPhoto(null); });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("#photo-input").click(); }
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, () => zone.classList.remove("dragging"));
+  }
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) setPhoto(file);
+  });
+  // A photo pasted from the clipboard works too.
+  document.addEventListener("paste", (event) => {
+    const file = [...(event.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (file) setPhoto(file);
+  });
+}
+
+// --- filters -------------------------------------------------------------------------------------------
+async function loadFacets() {
+  try {
+    const facets = await api("/facets");
+    $("#categories").replaceChildren(...facets.categories.map(categoryChip));
+    const buckets = facets.price_histogram;
+    if (buckets.length) {
+      $("#min-price").placeholder = `min ${Math.floor(buckets[0].min)}`;
+      $("#max-price").placeholder = `max ${Math.ceil(buckets[buckets.length - 1].max)}`;
+    }
+  } catch (error) {
+    setStatus(`Categories could not be loaded: ${error.message}`, "error");
+  }
+}
+
+function categoryChip({ name, count }) {
+  const chip = document.createElement("button");
+  chip.type = "button";
+  chip.className = "chip";
+  chip.dataset.category = name;
+  chip.setAttribute("aria-pressed", "false");
+  chip.append(name);
+  const small = document.createElement("small");
+  small.textContent = count;
+  chip.append(small);
+  chip.addEventListener("click", () => {
+    const on = !state.categories.has(name);
+    if (on) state.categories.add(name); else state.categories.delete(name);
+    chip.setAttribute("aria-pressed", String(on));
+    runSearch();
+  });
+  return chip;
+}
+
+function wireFilters() {
+  $("#search-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
+  for (const id of ["#min-price", "#max-price"]) $(id).addEventListener("change", runSearch);
+  $("#clear-filters").addEventListener("click", () => {
+    state.categories.clear();
+    for (const chip of document.querySelectorAll(".chip")) chip.setAttribute("aria-pressed", "false");
+    $("#min-price").value = "";
+    $("#max-price").value = "";
+    runSearch();
+  });
+}
+
+// --- merchandiser panel ------------------------------------------------------------------------------
+async function loadDefaults() {
+  try {
+    state.defaults = await api("/search/defaults");
+  } catch (error) {
+    setStatus(`Ranker settings could not be loaded: ${error.message}`, "error");
+    return;
+  }
+  resetWeights();
+  $("#weights").replaceChildren(...Object.keys(state.defaults.weights).map(weightSlider));
+  $("#legend").replaceChildren(...Object.keys(state.defaults.weights).map(legendEntry));
+}
+
+function resetWeights() {
+  state.weights = { ...state.defaults.weights };
+  state.mix = state.defaults.photo_text_mix;
+  for (const input of document.querySelectorAll("#weights input")) {
+    input.value = state.weights[input.dataset.signal];
+    input.nextElementSibling.textContent = Number(input.value).toFixed(2);
+  }
+  $("#mix").value = state.mix;
+  $("#mix-value").textContent = state.mix.toFixed(2);
+}
+
+function weightSlider(signal) {
+  const row = document.createElement("div");
+  row.className = "slider";
+  const label = document.createElement("label");
+  label.htmlFor = `weight-${signal}`;
+  const swatch = document.createElement("span");
+  swatch.className = "swatch";
+  swatch.style.background = SIGNAL_COLOURS[signal] || "#999";
+  label.append(swatch, SIGNAL_LABELS[signal] || signal);
+  const input = Object.assign(document.createElement("input"), {
+    type: "range", min: "0", max: "3", step: "0.05", id: `weight-${signal}`, value: state.weights[signal],
+  });
+  input.dataset.signal = signal;
+  const output = document.createElement("output");
+  output.textContent = Number(input.value).toFixed(2);
+  input.addEventListener("input", () => {
+    state.weights[signal] = Number(input.value);
+    output.textContent = Number(input.value).toFixed(2);
+    searchSoon();
+  });
+  row.append(label, input, output);
+  return row;
+}
+
+function legendEntry(signal) {
+  const entry = document.createElement("span");
+  const swatch = document.createElement("i");
+  swatch.className = "swatch";
+  swatch.style.background = SIGNAL_COLOURS[signal] || "#999";
+  entry.append(swatch, SIGNAL_LABELS[signal] || signal);
+  return entry;
+}
+
+function searchSoon() {
+  clearTimeout(state.timer);
+  state.timer = setTimeout(runSearch, LIVE_DELAY_MS);
+}
+
+function showMerchandiser(open) {
+  state.merchandiser = open;
+  $("#merch-panel").hidden = !open;
+  $("#merch-toggle").setAttribute("aria-expanded", String(open));
+  for (const explain of document.querySelectorAll(".explain")) explain.hidden = !open;
+}
+
+function wireMerchandiser() {
+  $("#merch-toggle").addEventListener("click", () => showMerchandiser(!state.merchandiser));
+  $("#mix").addEventListener("input", (event) => {
+    state.mix = Number(event.target.value);
+    $("#mix-value").textContent = state.mix.toFixed(2);
+    searchSoon();
+  });
+  $("#reset-weights").addEventListener("click", () => { resetWeights(); runSearch(); });
+  $("#similar-dialog").addEventListener("click", (event) => {
+    if (event.target.matches("[data-close]") || event.target === event.currentTarget) event.currentTarget.close();
+  });
+}
+
+// --- start -----------------------------------------------------------------------------------------------
+wirePhotoInput();
+wireFilters();
+wireMerchandiser();
+showMerchandiser(state.merchandiser);
+Promise.all([loadFacets(), loadDefaults()]).then(() => { document.body.dataset.ready = "true"; });

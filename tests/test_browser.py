@@ -1,0 +1,161 @@
+"""The shopper page in a real headless Chromium against the real app (uvicorn on a free port).
+
+Needs the Debian package `chromium` (`.ci/run` installs it); skipped with that reason without it.
+Screenshots land in var/test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from api.app import create_app
+from engine.settings import ApiSettings, IngestSettings, Settings, StoreSettings
+from engine.store import open_store
+from ingest.catalog import read_catalog
+from ingest.pipeline import ingest_catalog
+from tests.conftest import REPO, write_catalog
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "var" / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 30_000
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file(),
+    reason=f"chromium is not installed at {CHROMIUM} (apt-get install -y chromium); the browser test needs it",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, small_rows, encoder):
+    """The app on 127.0.0.1 with the 36-product shop, served by uvicorn in a thread."""
+    folder = tmp_path_factory.mktemp("browser")
+    catalog = write_catalog(small_rows, folder / "shop")
+    settings = Settings(store=StoreSettings(path=folder / "store"), api=ApiSettings(images_root=folder / "shop"))
+    with open_store(settings.store, encoder.info) as store:
+        ingest_catalog(read_catalog(catalog), encoder, store, IngestSettings(), progress=False)
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, encoder=encoder), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not uvicorn_server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", folder / "shop"
+    uvicorn_server.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture()
+def page(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1360, "height": 1000},
+        )
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield page
+        finally:
+            context.close()
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def search_and_wait(page, action) -> None:
+    """Do ``action`` (which starts a search) and wait until its results are drawn."""
+    with page.expect_response(lambda response: response.url.endswith("/search")):
+        action()
+    page.wait_for_selector("#results[data-status=ready]")
+
+
+def shown_prices(page) -> list[float]:
+    return [float(value) for value in page.locator("#results .card").evaluate_all(
+        "cards => cards.map(card => card.dataset.price)")]
+
+
+def test_a_shopper_finds_a_product_by_photo_and_narrows_by_price(server, page, small_rows):
+    base_url, shop = server
+    product = small_rows[small_rows.category == "Handbags"].iloc[2]
+    open_page(page, base_url)
+    photo = shop / "images" / Path(product["image"]).name
+    search_and_wait(page, lambda: page.set_input_files("#photo-input", str(photo)))
+    assert page.locator(f'#results .card[data-id="{product["id"]}"]').is_visible()
+    assert page.locator("#results .card img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+    page.screenshot(path=str(ARTIFACTS / "shopper-photo-search.png"), full_page=True)
+
+    low, high = 20.0, 60.0
+    page.fill("#min-price", str(low))
+    page.fill("#max-price", str(high))
+    search_and_wait(page, lambda: page.click("#search-button"))
+    prices = shown_prices(page)
+    assert prices and all(low <= price <= high for price in prices), prices
+    page.screenshot(path=str(ARTIFACTS / "shopper-price-filter.png"), full_page=True)
+
+
+def test_categories_come_from_the_facets_and_filter_the_grid(server, page):
+    open_page(page, server[0])
+    page.fill("#text-input", "black")
+    search_and_wait(page, lambda: page.press("#text-input", "Enter"))
+    search_and_wait(page, lambda: page.click('.chip[data-category="Watches"]'))
+    categories = page.locator("#results .card .category").all_inner_texts()
+    assert categories and set(categories) == {"Watches"}
+
+
+def test_clicking_a_product_shows_similar_products(server, page):
+    open_page(page, server[0])
+    page.fill("#text-input", "sports shoes")
+    search_and_wait(page, lambda: page.press("#text-input", "Enter"))
+    first = page.locator("#results .card").first
+    clicked = first.get_attribute("data-id")
+    first.click()
+    page.wait_for_selector("#similar-dialog[open] #similar-results[data-status=ready] .card")
+    similar = page.locator("#similar-results .card").evaluate_all("cards => cards.map(card => card.dataset.id)")
+    assert similar and clicked not in similar
+    page.screenshot(path=str(ARTIFACTS / "similar-products.png"))
+
+
+def test_the_merchandiser_tunes_weights_live_and_sees_explanations(server, page):
+    open_page(page, f"{server[0]}/merchandiser")
+    assert page.locator("#merch-panel").is_visible()
+    page.fill("#text-input", "blue denim jeans")
+    search_and_wait(page, lambda: page.press("#text-input", "Enter"))
+    assert page.locator("#results .card .explain").first.is_visible()
+    assert "text" in signals_shown(page)
+
+    def switch_off_the_title_signal():
+        page.eval_on_selector("#weight-text", "input => { input.value = '0'; "
+                                              "input.dispatchEvent(new Event('input', {bubbles: true})); }")
+
+    search_and_wait(page, switch_off_the_title_signal)
+    assert page.locator("#weight-text + output").inner_text() == "0.00"
+    assert "text" not in signals_shown(page)
+    page.screenshot(path=str(ARTIFACTS / "merchandiser.png"), full_page=True)
+
+
+def signals_shown(page) -> set[str]:
+    """The signals drawn in the explanation bars of every card."""
+    return set(page.locator("#results .card .bar span").evaluate_all("parts => parts.map(p => p.dataset.signal)"))
