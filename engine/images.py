@@ -26,7 +26,9 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 # Photo formats shops and phones produce, as far as this Pillow reads them (the multi-picture
 # JPEGs some cameras write come through the JPEG reader).
 Image.init()
-ACCEPTED_FORMATS = tuple(name for name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF") if name in Image.OPEN)
+ACCEPTED_FORMATS = tuple(
+    name for name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF") if name in Image.OPEN
+)
 # The encoders resize the short side and take the centre square, so a 1x5000 strip would be
 # blown up to 224x1,120,000 px first. Cropping the long side to this many short sides around
 # the centre keeps every pixel the encoder looks at and bounds that work.
@@ -54,7 +56,7 @@ def decode_image(
         image = _to_rgb(image)
         image = _crop_aspect(image)
         image.thumbnail((WORKING_SIZE * 4, WORKING_SIZE * 4))
-        _shrink_short_side(image)
+        image = _shrink_short_side(image)
         image.load()
     except InvalidImage:
         raise
@@ -62,7 +64,7 @@ def decode_image(
         raise InvalidImage(f"{source}: not a readable image ({_reason(e)})") from e
     except MemoryError as e:
         raise InvalidImage(f"{source}: too large to decode in the memory available") from e
-    except Exception as e:  # noqa: BLE001 - any failure of a decoder on foreign bytes is this image's problem
+    except Exception as e:  # any failure of a decoder on foreign bytes is this image's problem
         raise InvalidImage(f"{source}: broken or truncated image ({_reason(e)})") from e
     return image
 
@@ -154,12 +156,15 @@ def _crop_aspect(image: Image.Image) -> Image.Image:
     return image
 
 
-def _shrink_short_side(image: Image.Image) -> None:
+def _shrink_short_side(image: Image.Image) -> Image.Image:
     width, height = image.size
     short = min(width, height)
-    if short > WORKING_SIZE:
-        scale = WORKING_SIZE / short
-        image.thumbnail((round(width * scale) + 1, round(height * scale) + 1), Image.Resampling.BICUBIC)
+    if short <= WORKING_SIZE:
+        return image
+    scale = WORKING_SIZE / short
+    if width == short:
+        return image.resize((WORKING_SIZE, max(1, round(height * scale))), Image.Resampling.BICUBIC)
+    return image.resize((max(1, round(width * scale)), WORKING_SIZE), Image.Resampling.BICUBIC)
 
 
 def _reason(error: BaseException) -> str:

@@ -7,6 +7,8 @@ Every result carries each signal's share of its score.
 
 Signals:
 - image: the (photo, text or photo+text) query against the product's photos, joint space.
+- look: a query photo's appearance against the product photos' appearance (the image trunk's
+  pooled features): tells this product from its look-alikes, where the joint space blurs them.
 - caption: the same query against the product's title in the joint space (cross-modal).
 - text: the typed text against the title, MiniLM sentence embeddings (text-to-text).
 - bm25: the typed words against the title's words (Qdrant sparse BM25).
@@ -25,13 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, Field
 
-SIGNALS = ("image", "caption", "text", "bm25", "category", "price", "popularity", "personal")
+SIGNALS = ("image", "look", "caption", "text", "bm25", "category", "price", "popularity", "personal")
 
 
 class RankerWeights(BaseModel):
     """How much each signal counts; 0 switches it off. Merchandisers tune these."""
 
     image: float = Field(1.0, ge=0, le=10)
+    look: float = Field(1.0, ge=0, le=10)
     caption: float = Field(0.3, ge=0, le=10)
     text: float = Field(0.5, ge=0, le=10)
     bm25: float = Field(0.3, ge=0, le=10)

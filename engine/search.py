@@ -21,7 +21,7 @@ from engine.lexical import query_terms
 from engine.ranking import Background, RankerWeights, bm25_share, fuse, price_closeness, softmax
 from engine.settings import SearchSettings
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, Hit, SearchFilters, VectorStore
-from engine.store.base import SENTENCE_VECTOR
+from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
 
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 64
@@ -38,6 +38,8 @@ class SearchQuery:
     weights: dict[str, float] | None = None  # per-request overrides of the ranker weights
     price_target: float | None = None
     history: tuple[str, ...] = ()  # product ids the shopper viewed or bought
+    # The photo already encoded (joint, look), e.g. when one photo is searched several ways.
+    photo_vectors: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -65,6 +67,7 @@ class _Query:
     """A query turned into vectors once."""
 
     visual: np.ndarray
+    look: np.ndarray | None  # the photo's appearance vector, when there is a photo
     text_joint: np.ndarray | None
     sentence: np.ndarray | None
     terms: tuple[list[int], list[float]] | None
@@ -88,7 +91,7 @@ class Searcher:
     # --- public -----------------------------------------------------------------------------
     def search(self, query: SearchQuery) -> SearchResponse:
         text = (query.text or "").strip() or None
-        if text is None and query.image is None:
+        if text is None and query.image is None and query.photo_vectors is None:
             raise InvalidQuery("give a text, a photo, or both")
         self._check_k(query.k)
         weights = self._weights(query.weights)
@@ -99,9 +102,13 @@ class Searcher:
             raise InvalidQuery(f"price_target must be a positive number, got {query.price_target}")
 
         text_joint = self.encoder.encode_text(text) if text else None
-        photo = self.encoder.encode_images([query.image])[0] if query.image is not None else None
+        photo, look = query.photo_vectors or (None, None)
+        if photo is None and query.image is not None:
+            joint, looks = self.encoder.encode_photos([query.image])
+            photo, look = joint[0], looks[0]
         prepared = _Query(
             visual=compose(photo, text_joint, mix),
+            look=look,
             text_joint=text_joint,
             sentence=self.encoder.encode_sentence(text) if text else None,
             terms=query_terms(text) if text else None,
@@ -181,6 +188,8 @@ class Searcher:
                 candidates.setdefault(hit.product_id, hit)
 
         add(self.store.query(q.visual, IMAGE_VECTOR, filters, limit, with_vectors=True))
+        if q.look is not None and weights.look > 0 and self.encoder.info.look_dim:
+            add(self.store.query(q.look, LOOK_VECTOR, filters, limit, with_vectors=True))
         if weights.caption > 0:
             add(self.store.query(q.visual, TEXT_VECTOR, filters, limit, with_vectors=True))
         bm25: dict[str, float] = {}
@@ -199,6 +208,8 @@ class Searcher:
         signals: dict[str, float] = {}
         if hit.image_vectors is not None:
             signals["image"] = backgrounds["image"].calibrate(float(np.max(hit.image_vectors @ q.visual)))
+        if q.look is not None and hit.look_vectors is not None and "look" in backgrounds:
+            signals["look"] = backgrounds["look"].calibrate(float(np.max(hit.look_vectors @ q.look)))
         if hit.text_vector is not None and weights.caption > 0:
             signals["caption"] = backgrounds["caption"].calibrate(float(hit.text_vector @ q.visual))
         if q.sentence is not None and hit.sentence_vector is not None:
@@ -225,6 +236,8 @@ class Searcher:
                "caption": Background.of(sample["caption"] @ q.visual)}
         if q.sentence is not None:
             out["text"] = Background.of(sample["text"] @ q.sentence)
+        if q.look is not None and len(sample["look"]) > 1:
+            out["look"] = Background.of(sample["look"] @ q.look)
         if q.personal is not None:
             out["personal"] = Background.of((sample["image"] @ q.personal.T).max(axis=1))
         return out
@@ -243,6 +256,8 @@ class Searcher:
                     "image": stack([_mean_direction(p.image_vectors) for p in products if p.image_vectors is not None], dim),
                     "caption": stack([p.text_vector for p in products if p.text_vector is not None], dim),
                     "text": stack([p.sentence_vector for p in products if p.sentence_vector is not None], 384),
+                    "look": stack([_mean_direction(p.look_vectors) for p in products if p.look_vectors is not None],
+                                  max(self.encoder.info.look_dim, 1)),
                 })
             return self._background[1]
 

@@ -22,6 +22,14 @@ class StoreSettings(BaseModel):
     collection: str = Field("products", description="Collection (server) or shard name (embedded).")
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one call to a Qdrant server.")
     hnsw_ef: int = Field(128, ge=8, description="HNSW search breadth: higher is more exact and slower.")
+    shard_number: int | None = Field(
+        None, ge=1, description="Shards of a new server collection; a Qdrant cluster spreads them over its "
+        "nodes. None: the server's default (one per node in a cluster).",
+    )
+    replication_factor: int | None = Field(
+        None, ge=1, description="Copies of each shard of a new server collection, on different cluster nodes. "
+        "None: the server's default (1).",
+    )
 
     @property
     def backend(self) -> Literal["edge", "server"]:
@@ -36,7 +44,12 @@ class ModelSettings(BaseModel):
     cache_dir: Path | None = Field(None, description="Where downloaded weights are cached (online models).")
     offline: bool = Field(False, description="Never try to download weights; fail fast with a clear message.")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', or 'auto' (GPU when one is present).")
-    batch_size: int = Field(32, ge=1, le=4096, description="Images or texts encoded per forward pass.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images or texts encoded per forward pass "
+                            "(unset on a GPU: 256).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision of the encoders. 'auto': fp32 on a CPU, bf16 (fp16 where "
+        "bf16 is missing) on a GPU. 'bf16' is faster on CPUs with AMX/AVX512-BF16 (see docs/scale.md).",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None leaves torch's default.")
 
 

@@ -1,13 +1,31 @@
-"""Read a shop's catalog (CSV, JSONL or Parquet) into validated product rows.
+"""Read a shop's catalog (CSV, TSV, JSONL, JSON or Parquet) into validated product rows.
 
 A row that cannot become a product is reported with its row number, field and reason and left
-out; the rest go on. Row numbers count data rows from 1 (in a CSV, row N is on line N + 1).
+out; the rest go on. Row numbers count data records from 1: in a CSV, the header is not counted
+(nor are blank lines), so row N is on line N + 1 unless blank lines or quoted line breaks come
+before it, and a row's line is named where it matters (a broken quote). In a JSONL file, row N
+is line N.
+
+What cannot be read at all is one ``CatalogError`` naming the file: missing, empty, an unknown
+format, no id / title / image column, a header naming a column twice, or text that is not
+UTF-8. A catalog in another encoding is refused, not guessed at: a wrong guess (Latin-1 for
+Windows-1252, say) silently changes titles, and titles are embedded and shown to shoppers. The
+error names the byte and line so the file can be fixed and saved as UTF-8 (UTF-16 with a byte
+order mark, as spreadsheets export "Unicode text", is read).
+
+A CSV row with a broken quote is reported on its own: parsing restarts on the next line, so the
+rows after it are still read instead of being swallowed into one endless quoted field.
 """
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import math
+import re
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +40,8 @@ IMAGE_COLUMNS = ("images", "image", "image_url", "image_urls", "image_path", "im
 PRICE_COLUMNS = ("price",)
 CATEGORY_COLUMNS = ("category", "article_type", "product_type")
 IMAGE_SEPARATORS = ("|", ";")
+# "1,299.50" has a thousands separator; "12,50" is a decimal comma and must not become 1250.
+_THOUSANDS_PRICE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
 
 
 @dataclass
@@ -46,17 +66,27 @@ class Catalog:
         return self.path.parent
 
 
+@dataclass
+class _Table:
+    """A catalog file's column names and its records, each with its row number."""
+
+    columns: list[str]
+    records: list[tuple[int, dict]]
+    errors: list[CatalogRowError]
+
+
 def read_catalog(path: Path | str) -> Catalog:
     """Read and validate every row of the catalog at ``path``."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalog '{path}' not found")
-    frame, errors = _read_frame(path)
-    columns = _columns(frame, path)
+    table = _read_table(path)
+    columns = _columns(pd.DataFrame(columns=table.columns), path)
+    _require_product_columns(columns, table.columns, path)
     rows: list[ProductRow] = []
+    errors = list(table.errors)
     seen: dict[str, int] = {}
-    for position, record in enumerate(frame.to_dict("records")):
-        row_number = int(record.pop("__row__", position + 1))
+    for row_number, record in table.records:
         try:
             product = _product(record, row_number, columns)
         except CatalogRowError as e:
@@ -102,67 +132,212 @@ def catalog_from_records(records: list[dict], base_dir: Path) -> Catalog:
     return Catalog(path, rows, errors)
 
 
-def _read_frame(path: Path) -> tuple[pd.DataFrame, list[CatalogRowError]]:
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
-            return _read_csv(path, sep="\t" if suffix.startswith(".tsv") else ",")
-        if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
-            return _read_jsonl(path)
-        if suffix == ".json":
-            return pd.DataFrame(json.loads(path.read_text(encoding="utf-8"))), []
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path), []
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, OSError) as e:
-        raise CatalogError(f"catalog '{path}' cannot be read: {str(e)[:300]}") from e
+def _read_table(path: Path) -> _Table:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
+        return _read_csv(path, sep="\t" if suffix.startswith(".tsv") else ",")
+    if suffix in (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz"):
+        return _read_jsonl(path)
+    if suffix == ".json":
+        return _read_json(path)
+    if suffix in (".parquet", ".pq"):
+        return _read_parquet(path)
     raise CatalogError(f"catalog '{path}': unknown format '{path.suffix}'; use .csv, .tsv, .jsonl or .parquet")
 
 
-def _read_csv(path: Path, sep: str) -> tuple[pd.DataFrame, list[CatalogRowError]]:
-    """CSV by the csv module, so that a row with a broken quote or the wrong number of fields is
-    reported with its row number instead of failing the whole file."""
-    import csv
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
+def _read_text(path: Path) -> str:
+    """The whole file as text: UTF-8 (a BOM is dropped), or UTF-16 with its BOM; else refused."""
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as handle:
-            lines = list(csv.reader(handle, delimiter=sep))
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a broken / truncated gzip
+        raise CatalogError(f"catalog '{path}' cannot be read: {str(e)[:200]}") from e
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise CatalogError(
+                f"catalog '{path}' starts like UTF-16 but is not ({e.reason} at byte {e.start})"
+            ) from e
+    try:
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise CatalogError(f"catalog '{path}' is not UTF-8 (byte {e.start}: {e.reason}); "
-                           "save it as UTF-8 and ingest again") from e
-    lines = [line for line in lines if any(cell.strip() for cell in line)]
-    if not lines:
+        line = raw.count(b"\n", 0, e.start) + 1
+        where = "of the uncompressed text " if path.suffix.lower() == ".gz" else ""
+        raise CatalogError(
+            f"catalog '{path}' is not UTF-8: byte {e.start} {where}(line {line}) is 0x{raw[e.start]:02x} "
+            f"({e.reason}). It may be Latin-1 or Windows-1252: save it as UTF-8 and ingest again"
+        ) from e
+
+
+def _read_csv(path: Path, sep: str) -> _Table:
+    """CSV by the csv module, one record at a time, so that a row with a broken quote or the
+    wrong number of fields is reported with its row number instead of failing the whole file."""
+    text = _read_text(path)
+    lines = _Lines(text)
+    records = _csv_records(lines, _separator(lines.first(), sep))
+    header_record = next(records, None)
+    if header_record is None:
         raise CatalogError(f"catalog '{path}' is empty")
-    header, records, errors = [h.strip() for h in lines[0]], [], []
-    for number, line in enumerate(lines[1:], start=1):
-        if len(line) != len(header):
-            errors.append(CatalogRowError(number, f"{len(line)} fields where the header has {len(header)} "
-                                                  "(a stray comma or an unclosed quote?)"))
+    header = _header(header_record[1] or [], path)
+    table = _Table(header, [], [])
+    for row_number, (line, cells) in enumerate(records, start=1):
+        if isinstance(cells, str):
+            table.errors.append(CatalogRowError(row_number, f"line {line}: broken CSV ({cells}); an unclosed "
+                                                            "or stray quote?"))
             continue
-        records.append({**dict(zip(header, line)), "__row__": number})
-    return pd.DataFrame(records, columns=[*header, "__row__"]), errors
+        reason = _field_count_problem(cells, len(header), lines.span)
+        if reason and lines.span > 1:
+            # An unclosed quote ran on over the following lines: report this row only and read
+            # the lines after its first one again.
+            table.errors.append(CatalogRowError(row_number, f"line {line}: {reason}; an unclosed quote?"))
+            lines.restart(line)
+            continue
+        if reason:
+            table.errors.append(CatalogRowError(row_number, f"line {line}: {reason} (a stray comma?)"))
+            continue
+        cells = cells[: len(header)] + [""] * (len(header) - len(cells))
+        table.records.append((row_number, dict(zip(header, cells))))
+    return table
 
 
-def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[CatalogRowError]]:
-    records, errors = [], []
-    opener = __import__("gzip").open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(CatalogRowError(number, f"not valid JSON ({e.msg} at column {e.colno})"))
-                continue
-            if not isinstance(record, dict):
-                errors.append(CatalogRowError(number, f"a JSON object was expected, got {type(record).__name__}"))
-                continue
-            records.append({**record, "__row__": number})
+class _Lines:
+    """The physical lines of a text, handed to ``csv.reader`` one at a time, with the position
+    kept so that parsing can start again after a broken record."""
+
+    def __init__(self, text: str):
+        self.lines = re.findall(r"[^\r\n]*(?:\r\n|\n|\r)|[^\r\n]+$", text)
+        self.position = 0
+        self.span = 0  # physical lines the last record took
+        self.reset = False
+
+    def first(self) -> str:
+        return self.lines[0] if self.lines else ""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        if self.position >= len(self.lines):
+            raise StopIteration
+        self.position += 1
+        return self.lines[self.position - 1]
+
+    def restart(self, line: int) -> None:
+        """Go on from the line after ``line`` (1-based) with a fresh reader."""
+        self.position = line
+        self.reset = True
+
+
+def _csv_records(lines: _Lines, sep: str) -> Iterator[tuple[int, list[str] | str]]:
+    """(first line number, cells) per non-blank record, or (line, csv's complaint) where it gave up.
+
+    Strict parsing: a quote must close right before a separator or the line's end. That is what
+    catches an unclosed quote early, when it would otherwise pair with the opening quote of a
+    later row's field and quietly swallow the rows between into one title.
+    """
+    reader = csv.reader(lines, delimiter=sep, strict=True)
+    while True:
+        start = lines.position
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            lines.span = lines.position - start
+            yield start + 1, str(e)
+            lines.position, reader = start + 1, csv.reader(lines, delimiter=sep, strict=True)
+            continue
+        lines.span = lines.position - start
+        if any(cell.strip() for cell in cells):
+            yield start + 1, cells
+        if lines.reset:
+            lines.reset, reader = False, csv.reader(lines, delimiter=sep, strict=True)
+
+
+def _separator(first_line: str, default: str) -> str:
+    """The default, unless the header plainly uses another (a ';' CSV from a European Excel)."""
+    if default in first_line:
+        return default
+    for other in (";", "\t", ","):
+        if other in first_line:
+            return other
+    return default
+
+
+def _header(cells: list[str], path: Path) -> list[str]:
+    header = [cell.strip() or f"column_{index}" for index, cell in enumerate(cells, start=1)]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        names = ", ".join(repr(name[:40]) for name in twice)
+        raise CatalogError(f"catalog '{path}': the header names {names} more than once; "
+                           "rename or remove the extra columns")
+    return header
+
+
+def _field_count_problem(cells: list[str], expected: int, span: int) -> str | None:
+    if len(cells) == expected:
+        return None
+    if len(cells) > expected and not any(cell.strip() for cell in cells[expected:]) and span == 1:
+        return None  # trailing empty cells, as spreadsheets write them
+    if len(cells) < expected and span == 1:
+        return None  # missing trailing cells are empty
+    return f"{len(cells)} fields where the header has {expected}"
+
+
+def _read_jsonl(path: Path) -> _Table:
+    # JSON strings may hold U+2028 and friends, so only "\n" ends a line (not str.splitlines).
+    records, errors, columns = [], [], {}
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(CatalogRowError(number, f"not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:
+            errors.append(CatalogRowError(number, "not valid JSON (nested too deeply)"))
+            continue
+        if not isinstance(record, dict):
+            errors.append(CatalogRowError(number, f"a JSON object was expected, got {type(record).__name__}"))
+            continue
+        columns.update(dict.fromkeys(record))
+        records.append((number, record))
     if not records and not errors:
         raise CatalogError(f"catalog '{path}' is empty")
-    return pd.DataFrame(records), errors
+    return _Table(list(columns), records, errors)
+
+
+def _read_json(path: Path) -> _Table:
+    try:
+        data = json.loads(_read_text(path))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CatalogError(f"catalog '{path}' is not valid JSON: {str(e)[:200]}") from e
+    if not isinstance(data, list):
+        raise CatalogError(f"catalog '{path}': a JSON array of products was expected, "
+                           f"got {type(data).__name__}")
+    if not data:
+        raise CatalogError(f"catalog '{path}' is empty")
+    records, errors, columns = [], [], {}
+    for number, record in enumerate(data, start=1):
+        if isinstance(record, dict):
+            columns.update(dict.fromkeys(record))
+            records.append((number, record))
+        else:
+            errors.append(CatalogRowError(number, f"a JSON object was expected, got {type(record).__name__}"))
+    return _Table(list(columns), records, errors)
+
+
+def _read_parquet(path: Path) -> _Table:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as e:  # pyarrow's errors on a foreign file are many; all mean "cannot read"
+        raise CatalogError(f"catalog '{path}' cannot be read as Parquet: {str(e)[:300]}") from e
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    return _Table(columns, list(enumerate(frame.to_dict("records"), start=1)), [])
 
 
 @dataclass(frozen=True)
@@ -185,30 +360,45 @@ def _columns(frame: pd.DataFrame, path: Path) -> _Columns:
     id_column = pick(ID_COLUMNS)
     if id_column is None:
         raise CatalogError(f"catalog '{path}' has no id column (one of {', '.join(ID_COLUMNS)}); "
-                           f"its columns are: {', '.join(map(str, frame.columns[:20]))}")
+                           f"its columns are: {', '.join(str(c)[:40] for c in frame.columns[:20])}")
     return _Columns(id_column, pick(TITLE_COLUMNS), pick(IMAGE_COLUMNS), pick(PRICE_COLUMNS), pick(CATEGORY_COLUMNS))
 
 
+def _require_product_columns(columns: _Columns, names: list[str], path: Path) -> None:
+    """A file without a title or image column cannot give one product: one error, not one per row."""
+    needed = ((columns.title, TITLE_COLUMNS, "title"), (columns.images, IMAGE_COLUMNS, "image"))
+    for found, candidates, what in needed:
+        if found is None:
+            raise CatalogError(f"catalog '{path}' has no {what} column (one of {', '.join(candidates)}); "
+                               f"its columns are: {', '.join(str(c)[:40] for c in names[:20])}")
+
+
 def _product(record: dict, row: int, columns: _Columns) -> ProductRow:
-    product_id = _text(record.get(columns.id))
+    product_id = _text(record.get(columns.id), row, None, str(columns.id))
     if not product_id:
         raise CatalogRowError(row, "missing id", field=str(columns.id))
-    title = _text(record.get(columns.title)) if columns.title else ""
+    title = _text(record.get(columns.title), row, product_id, str(columns.title)) if columns.title else ""
     if not title:
         raise CatalogRowError(row, "missing or empty title", product_id, str(columns.title or "title"))
     images = _images(record.get(columns.images)) if columns.images else []
     if not images:
         raise CatalogRowError(row, "no image path or URL", product_id, str(columns.images or "image"))
     price = _price(record.get(columns.price), row, product_id, str(columns.price)) if columns.price else None
-    category = _text(record.get(columns.category)) or None if columns.category else None
+    category = (_text(record.get(columns.category), row, product_id, str(columns.category)) or None
+                if columns.category else None)
     used = {columns.id, columns.title, columns.images, columns.price, columns.category}
     fields = {str(k): _plain(v) for k, v in record.items() if k not in used and _plain(v) is not None}
     return ProductRow(row, product_id, title, images, price, category, fields)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, row: int = 0, product_id: str | None = None, column: str | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, (list, tuple, dict)):
+        kind = "dict" if isinstance(value, dict) else "list"
+        raise CatalogRowError(row, f"text or a number was expected, got a {kind}", product_id, column)
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # ids read as 123.0 from JSON or Parquet
     return str(value).strip()
@@ -224,7 +414,7 @@ def _images(value: Any) -> list[str]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 value = [text]
         else:
             for separator in IMAGE_SEPARATORS:
@@ -235,16 +425,24 @@ def _images(value: Any) -> list[str]:
                 value = [text]
     if not isinstance(value, (list, tuple)):
         value = [value]
-    return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    sources = (v for v in value if v is not None and not isinstance(v, (list, dict)))
+    return [str(v).strip() for v in sources if str(v).strip()]
 
 
 def _price(value: Any, row: int, product_id: str, column: str) -> float | None:
-    text = _text(value)
+    if isinstance(value, bool):
+        raise CatalogRowError(row, f"price {value} is not a number", product_id, column)
+    text = _text(value, row, product_id, column)
     if not text:
         return None
+    if isinstance(value, str) and "," in text:
+        if not _THOUSANDS_PRICE.fullmatch(text):
+            raise CatalogRowError(row, f"price '{text[:40]}' is ambiguous: write decimals with a dot (12.50)",
+                                  product_id, column)
+        text = text.replace(",", "")
     try:
-        price = float(text.replace(",", "")) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
+        price = float(text) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, OverflowError):
         raise CatalogRowError(row, f"price '{text[:40]}' is not a number", product_id, column) from None
     if not math.isfinite(price) or price < 0:
         raise CatalogRowError(row, f"price {text[:40]} must be a finite number >= 0", product_id, column)

@@ -59,6 +59,7 @@ class IngestSummary:
     deleted: int = 0
     skipped_rows: list[Problem] = field(default_factory=list)
     bad_images: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -71,6 +72,7 @@ class IngestSummary:
             "payload_only": self.payload_only, "unchanged": self.unchanged, "deleted": self.deleted,
             "skipped": len(self.skipped_rows), "bad_images": len(self.bad_images),
             "problems": [str(p) for p in self.skipped_rows + self.bad_images],
+            "warnings": list(self.warnings),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
@@ -153,12 +155,16 @@ def ingest_catalog(
     catalog: Catalog,
     encoder: Encoder,
     store: VectorStore,
-    settings: IngestSettings = IngestSettings(),
+    settings: IngestSettings | None = None,
     prune: bool = False,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> IngestSummary:
-    """Bring the store in line with ``catalog``; returns what was done and what was skipped."""
+    """Bring the store in line with ``catalog``; returns what was done and what was skipped.
+
+    Every row ends up counted once: ``summary.stored + len(summary.skipped_rows) == summary.rows``.
+    """
+    settings = settings or IngestSettings()
     summary = IngestSummary(str(catalog.path), rows=len(catalog.rows) + len(catalog.errors))
     summary.skipped_rows = [Problem(e.row, e.product_id, e.reason + (f" [{e.field}]" if e.field else ""))
                             for e in catalog.errors]
@@ -179,9 +185,7 @@ def ingest_catalog(
         else:
             to_embed.append((row, c_hash, m_hash))
     if prune:
-        gone = set(stored) - {row.product_id for row in catalog.rows}
-        store.delete(sorted(gone))
-        summary.deleted = len(gone)
+        _prune(catalog, stored, store, summary)
     summary.seconds["plan"] = time.perf_counter() - started
     _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch)
     t = time.perf_counter()
@@ -189,6 +193,27 @@ def ingest_catalog(
     summary.seconds["index"] = time.perf_counter() - t
     summary.seconds["total"] = time.perf_counter() - started
     return summary
+
+
+def _prune(catalog: Catalog, stored: dict, store: VectorStore, summary: IngestSummary) -> None:
+    """Delete stored products the catalog no longer lists.
+
+    A product whose row is in the catalog but invalid this time (a typo in its price) is still
+    listed: its stored version stays. A row too broken to tell whose it is (a broken quote)
+    could be any product's, so then nothing is deleted and the summary says why.
+    """
+    unknown = [error.row for error in catalog.errors if not error.product_id]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+        message = (f"prune skipped: row(s) {shown} could not be read far enough to know their product id, "
+                   "so no product is deleted; fix them and ingest with --prune again")
+        summary.warnings.append(message)
+        log.warning(message)
+        return
+    listed = {row.product_id for row in catalog.rows} | {error.product_id for error in catalog.errors}
+    gone = sorted(set(stored) - listed)
+    store.delete(gone)
+    summary.deleted = len(gone)
 
 
 def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch) -> None:
@@ -241,7 +266,7 @@ def _collect(decoded, summary: IngestSummary):
                 images.append(future.result())
             except InvalidImage as e:
                 summary.bad_images.append(Problem(row.row, row.product_id, str(e)))
-            except Exception as e:  # a decoder bug must not end the run: report it as this photo's problem
+            except Exception as e:  # noqa: BLE001 - a decoder bug must not end the run: report it as this photo's problem
                 summary.bad_images.append(Problem(row.row, row.product_id, f"{source}: {type(e).__name__}: {e}"))
         if images:
             ready.append((row, c_hash, m_hash, images))
@@ -255,7 +280,7 @@ def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list
         return []
     t = time.perf_counter()
     photos = [image for *_, images in ready for image in images]
-    photo_vectors = encoder.encode_images(photos)
+    photo_vectors, look_vectors = encoder.encode_photos(photos)
     titles = [row.title for row, *_ in ready]
     title_vectors = encoder.encode_texts(titles)
     sentence_vectors = encoder.encode_sentences(titles)
@@ -263,8 +288,9 @@ def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list
     points, offset = [], 0
     for (row, c_hash, m_hash, images), title_vector, sentence in zip(ready, title_vectors, sentence_vectors):
         vectors = photo_vectors[offset : offset + len(images)]
+        looks = look_vectors[offset : offset + len(images)]
         offset += len(images)
         points.append(ProductPoint(row.product_id, np.ascontiguousarray(vectors), title_vector,
                                    payload_of(row, c_hash, m_hash, encoder.info.tag, loader), sentence,
-                                   title_terms(row.title)))
+                                   title_terms(row.title), np.ascontiguousarray(looks)))
     return points

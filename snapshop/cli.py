@@ -247,8 +247,9 @@ def evaluate(
     catalog: Annotated[Path, typer.Option(help="Catalog to evaluate on (ingested into a fresh temporary store).")],
     queries: Annotated[Optional[Path], typer.Option(
         help="CSV of real shopper photos (query_image,product_id); without it, shopper-like photos are made.")] = None,
-    validation_only: Annotated[bool, typer.Option(
-        help="Only the products the model's training held out (same seed and share as its checkpoint).")] = False,
+    split: Annotated[str, typer.Option(
+        help="all, validation (products the model's training held out, same seed and share as its "
+             "checkpoint) or train (to tune weights without touching validation).")] = "all",
     limit_products: Annotated[Optional[int], typer.Option(help="Use at most this many products.")] = None,
     limit_queries: Annotated[int, typer.Option(help="At most this many queries per set.")] = 500,
     out: Annotated[Path, typer.Option(help="Folder for eval.json and recall_at_k.png.")] = Path("var/eval"),
@@ -261,7 +262,9 @@ def evaluate(
     settings = build_settings(model=model)
     try:
         encoder = load_encoder(settings.model)
-        report = run_eval(encoder, catalog, queries, validation_only, limit_products, limit_queries,
+        if split not in ("all", "train", "validation"):
+            fail(f"--split must be all, train or validation, not '{split}'")
+        report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
                           settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")))
     except SnapshopError as e:
         fail(str(e))
@@ -291,3 +294,53 @@ def serve(
     # One process: the embedded store admits a single one, and the model is loaded once.
     uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port, workers=1,
                 log_level="info")
+
+
+@app.command()
+def bench(
+    catalog: Annotated[Path, typer.Option(help="Real catalog whose photos and titles seed the benchmark.")],
+    sizes: Annotated[str, typer.Option(help="Catalog sizes to load and query, comma-separated.")] = "100000",
+    queries: Annotated[int, typer.Option(help="Queries per kind (text, photo, photo+text) and filter mode.")] = 200,
+    source_products: Annotated[int, typer.Option(help="Real products encoded once and replicated.")] = 8000,
+    ingest_products: Annotated[int, typer.Option(help="Real products ingested end to end.")] = 512,
+    quality_products: Annotated[int, typer.Option(help="Held-out products of the precision check.")] = 1000,
+    batches: Annotated[str, typer.Option(help="Encoder batch sizes, comma-separated.")] = "1,64",
+    precisions: Annotated[str, typer.Option(help="Encoder precisions to compare (fp32, bf16, fp16).")] = "fp32,bf16",
+    sections: Annotated[str, typer.Option(help="Which parts: encoder, quality, ingest, scale.")] = "encoder,quality,ingest,scale",
+    ef: Annotated[str, typer.Option(help="hnsw_ef values to sweep, comma-separated.")] = "16,32,64,128,256",
+    min_seconds: Annotated[float, typer.Option(help="Least time spent timing each encoder figure.")] = 2.0,
+    work_dir: Annotated[Path, typer.Option(help="Stores and the embeddings cache go here.")] = Path("var/bench"),
+    keep_stores: Annotated[bool, typer.Option(help="Keep the benchmark stores instead of deleting them.")] = False,
+    out: Annotated[Path, typer.Option(help="Folder for bench.json.")] = Path("var/bench"),
+    model: ModelOpt = None,
+) -> None:
+    """Speed and scale: encoder throughput, ingest, query latency and recall at 100k-1M products."""
+    from eval.bench import SECTIONS, BenchConfig, format_table, run_bench, write_report
+
+    def numbers(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
+        except ValueError:
+            values = ()
+        if not values or min(values) < 1:
+            fail(f"expected comma-separated positive whole numbers, got '{text}'")
+        return values
+
+    settings = build_settings(model=model)
+    try:
+        chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
+        unknown = set(chosen) - set(SECTIONS)
+        if unknown:
+            fail(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+        config = BenchConfig(
+            catalog=catalog, sizes=numbers(sizes), queries=queries, source_products=source_products,
+            ingest_products=ingest_products, quality_products=quality_products, batches=numbers(batches),
+            precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), sections=chosen,
+            ef_sweep=numbers(ef), min_seconds=min_seconds, work_dir=work_dir, keep_stores=keep_stores,
+            cached_repeats=min(50, queries),
+        )
+        report = run_bench(settings, config, say=lambda message: typer.echo(f"bench: {message}", err=True))
+    except SnapshopError as e:
+        fail(str(e))
+    typer.echo(format_table(report))
+    typer.echo(f"wrote {write_report(report, out)}")

@@ -16,7 +16,7 @@ def test_eval_reports_each_query_set_per_signal(tmp_path, fashion_frame, encoder
     assert set(sets) == {"title_to_photo", "describing", "category", "photo_plus_text", "shopper_like_photos"}
     assert set(sets["photo_plus_text"]) == {"photo only", "text only", "photo+text"}
     assert set(sets["describing"]) == {"image", "text", "bm25", "fused"}
-    assert set(sets["shopper_like_photos"]) == {"image", "caption", "category", "fused"}
+    assert set(sets["shopper_like_photos"]) == {"image", "look", "caption", "category", "fused"}
     for signals in sets.values():
         for metrics in signals.values():
             assert {"recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"} <= set(metrics)

@@ -22,7 +22,8 @@ def open_store(settings: StoreSettings, info: ModelInfo) -> VectorStore:
         from engine.store.server import ServerStore
 
         return ServerStore(settings.url, settings.collection, info, settings.api_key, settings.timeout_s,
-                           settings.hnsw_ef)
+                           settings.hnsw_ef, shard_number=settings.shard_number,
+                           replication_factor=settings.replication_factor)
     from engine.store.edge import EdgeStore
 
     return EdgeStore(settings.path, settings.collection, info, settings.hnsw_ef)

@@ -22,6 +22,7 @@ IMAGE_VECTOR = "image"  # photos in the joint space (multivector, MaxSim)
 TEXT_VECTOR = "text"  # the title in the joint space
 SENTENCE_VECTOR = "title"  # the title as a MiniLM sentence embedding (text-to-text similarity)
 BM25_VECTOR = "bm25"  # the title's terms, scored BM25 (sparse, IDF)
+LOOK_VECTOR = "look"  # photos' appearance: the image trunk's pooled features (multivector, MaxSim)
 SENTENCE_DIM = 384
 _ID_NAMESPACE = uuid.UUID("6f1c3c8e-6a57-4d39-9b6e-2f5a3a1f0c42")
 
@@ -45,6 +46,7 @@ class ProductPoint:
     payload: dict
     sentence_vector: np.ndarray | None = None  # (384,)
     terms: tuple[list[int], list[float]] | None = None  # BM25 sparse (indices, values)
+    look_vectors: np.ndarray | None = None  # (photos, look_dim)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class StoredProduct:
     image_vectors: np.ndarray | None = None
     text_vector: np.ndarray | None = None
     sentence_vector: np.ndarray | None = None
+    look_vectors: np.ndarray | None = None
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Hit:
     image_vectors: np.ndarray | None = None
     text_vector: np.ndarray | None = None
     sentence_vector: np.ndarray | None = None
+    look_vectors: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,8 @@ class VectorStore(ABC):
 
 def check_model(stored: dict, info: ModelInfo, where: str) -> None:
     """Refuse to mix vectors of two models in one collection."""
-    if stored.get("model") != info.name or stored.get("model_version") != info.version or stored.get("dim") != info.dim:
+    if (stored.get("model"), stored.get("model_version"), stored.get("dim"), stored.get("look_dim", 0)) != (
+            info.name, info.version, info.dim, info.look_dim):
         raise StoreModelMismatch(
             f"{where} holds vectors made by model '{stored.get('model')}@{stored.get('model_version')}' "
             f"({stored.get('dim')}-d), but '{info.tag}' ({info.dim}-d) is loaded. Vectors of two models "
@@ -167,16 +172,17 @@ def check_model(stored: dict, info: ModelInfo, where: str) -> None:
 
 
 def model_record(info: ModelInfo) -> dict:
-    return {"model": info.name, "model_version": info.version, "dim": info.dim, "schema": 2}
+    return {"model": info.name, "model_version": info.version, "dim": info.dim, "look_dim": info.look_dim,
+            "schema": 3}
 
 
-def vectors_of(vector) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """(photos, title in joint space, title sentence) from a point's named vectors."""
+def vectors_of(vector) -> tuple[np.ndarray | None, ...]:
+    """(photos, title in joint space, title sentence, photos' appearance) from named vectors."""
     if not isinstance(vector, dict):
-        return None, None, None
+        return None, None, None, None
 
     def dense(name):
         value = vector.get(name)
         return np.asarray(value, dtype=np.float32) if value is not None else None
 
-    return dense(IMAGE_VECTOR), dense(TEXT_VECTOR), dense(SENTENCE_VECTOR)
+    return dense(IMAGE_VECTOR), dense(TEXT_VECTOR), dense(SENTENCE_VECTOR), dense(LOOK_VECTOR)

@@ -3,12 +3,26 @@
 Layout on disk: ``<store.path>/<collection>/shard`` (the Edge shard, with its WAL) and
 ``<store.path>/<collection>/snapshop.json`` (which model made the vectors). One process holds a
 shard at a time: a second one gets ``StoreUnavailable`` at once instead of corrupting it.
+
+That rule is kept by snapshop's own lock (``snapshop.lock``, an exclusive ``flock``), taken
+before the shard is touched at all. Qdrant Edge has a lock of its own, but a refused
+``EdgeShard.load`` has already touched the holder's files by then (the holder's next flush fails
+with "Tracker journal ... is shorter than expected"), and two processes creating a new store at
+once would race. The flock is released by the kernel when its process dies, so a killed ingest
+never leaves the store locked.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
+
+try:
+    import fcntl
+except ImportError:  # Windows: Qdrant Edge's own lock is the only one there
+    fcntl = None
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -21,9 +35,10 @@ from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
     IMAGE_VECTOR,
+    KEYWORD_FIELDS,
+    LOOK_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
-    KEYWORD_FIELDS,
     TEXT_VECTOR,
     Hit,
     ProductPoint,
@@ -45,39 +60,111 @@ class EdgeStore(VectorStore):
         self.dir = Path(root) / collection
         self.hnsw_ef = hnsw_ef
         self._write_lock = threading.Lock()
+        self.shard = None
+        self._lock_file = self._take_lock()
+        try:
+            self._open_or_create(info)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _take_lock(self):
+        """The store's exclusive lock, or ``StoreUnavailable`` at once when another holds it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            return None
+        handle = open(self.dir / "snapshop.lock", "a+")  # noqa: SIM115 - held open while the store is
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            handle.close()
+            raise self._in_use_error() from e
+        return handle
+
+    def _release_lock(self) -> None:
+        handle, self._lock_file = getattr(self, "_lock_file", None), None
+        if handle is not None:
+            handle.close()  # closing the descriptor releases the flock
+
+    def _open_or_create(self, info: ModelInfo) -> None:
         meta_path = self.dir / "snapshop.json"
         shard_path = self.dir / "shard"
         if meta_path.exists():
-            check_model(json.loads(meta_path.read_text()), info, f"the store at {self.dir}")
+            check_model(self._read_meta(meta_path), info, f"the store at {self.dir}")
             self.shard = self._open(lambda: qe.EdgeShard.load(str(shard_path)))
         else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path), self._config(info.dim)))
+            if shard_path.exists():
+                self._discard_unfinished(shard_path)
+            self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path), self._config(info)))
             for name in KEYWORD_FIELDS:
                 self.shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
             for name in FLOAT_FIELDS:
                 self.shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
-            # Written last: a store without it is an unfinished creation and is made again.
-            meta_path.write_text(json.dumps(model_record(info), indent=2))
+            # Written last, and atomically: a store without it is an unfinished creation.
+            _write_atomically(meta_path, json.dumps(model_record(info), indent=2))
+
+    def _read_meta(self, meta_path: Path) -> dict:
+        try:
+            return json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise StoreError(f"{meta_path} cannot be read ({e}); restore it, or remove {self.dir} to "
+                             "start the store again") from e
+
+    def _discard_unfinished(self, shard_path: Path) -> None:
+        """Remove a shard whose creation was cut short (a process killed before snapshop.json).
+
+        Products are only written once a store is open, and it opens after snapshop.json is
+        written, so such a shard is empty and nothing is lost; one that holds products is not
+        touched. A shard another process holds (it may be creating it right now) is refused.
+        """
+        try:
+            shard = qe.EdgeShard.load(str(shard_path))
+        except Exception as e:  # not loadable at all: the creation stopped early
+            if _in_use(str(e)):
+                raise self._in_use_error() from e
+            shard = None
+        if shard is not None:
+            try:
+                held = shard.count(qe.CountRequest(exact=True))
+            finally:
+                shard.close()
+            if held:
+                raise StoreError(
+                    f"{self.dir} holds {held} products but no snapshop.json, so the model that made them "
+                    "is unknown; restore snapshop.json, or remove the folder to start the store again"
+                )
+        shutil.rmtree(shard_path)
 
     def _open(self, opener):
         try:
             return opener()
         except Exception as e:  # qdrant_edge raises plain exceptions with the Rust message
             message = str(e)
-            if "WouldBlock" in message or "lock" in message.lower():
-                raise StoreUnavailable(
-                    f"the store at {self.dir} is in use by another snapshop process (an ingest or a "
-                    "server); wait for it to finish or stop it, then try again"
-                ) from e
-            if "segment" in message.lower() and "exist" in message.lower():
+            if _in_use(message):
+                raise self._in_use_error() from e
+            if "segment" in message.lower() and ("exist" in message.lower() or "contains" in message.lower()):
                 raise StoreError(f"{self.dir}: an unfinished store is in the way; remove the folder") from e
             raise StoreError(f"cannot open the store at {self.dir}: {message}") from e
 
+    def _in_use_error(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the store at {self.dir} is in use by another snapshop process (an ingest or a "
+            "server); wait for it to finish or stop it, then try again"
+        )
+
     @staticmethod
-    def _config(dim: int) -> qe.EdgeConfig:
+    def _config(info: ModelInfo) -> qe.EdgeConfig:
+        dim = info.dim
+        look = {}
+        if info.look_dim:
+            # Half precision: appearance vectors are 5x the joint ones, and fp16 loses no ranking.
+            look[LOOK_VECTOR] = qe.EdgeVectorParams(
+                size=info.look_dim, distance=qe.Distance.Cosine, datatype=qe.VectorStorageDatatype.Float16,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+            )
         return qe.EdgeConfig(
             vectors={
+                **look,
                 IMAGE_VECTOR: qe.EdgeVectorParams(
                     size=dim,
                     distance=qe.Distance.Cosine,
@@ -129,7 +216,7 @@ class EdgeStore(VectorStore):
 
     def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
         query_vector = vector.astype(np.float32).tolist()
-        if using == IMAGE_VECTOR:
+        if using in (IMAGE_VECTOR, LOOK_VECTOR):
             query_vector = [query_vector]  # a multivector is queried with a multivector (MaxSim)
         request = qe.QueryRequest(
             limit=limit,
@@ -199,10 +286,27 @@ class EdgeStore(VectorStore):
 
     def close(self) -> None:
         shard, self.shard = getattr(self, "shard", None), None
-        if shard is not None:
-            with self._write_lock:
-                shard.flush()
-                shard.close()
+        try:
+            if shard is not None:
+                with self._write_lock:
+                    shard.flush()
+                    shard.close()
+        finally:
+            self._release_lock()
+
+
+def _in_use(message: str) -> bool:
+    return "WouldBlock" in message or "lock" in message.lower()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file and rename it over ``path``: a kill leaves the old file or the new."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def _named(p: ProductPoint) -> dict:
@@ -210,6 +314,8 @@ def _named(p: ProductPoint) -> dict:
                TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
     if p.sentence_vector is not None:
         vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
+    if p.look_vectors is not None:
+        vectors[LOOK_VECTOR] = p.look_vectors.astype(np.float32).tolist()
     if p.terms is not None and p.terms[0]:
         vectors[BM25_VECTOR] = qe.SparseVector(indices=list(p.terms[0]), values=list(p.terms[1]))
     return vectors

@@ -37,16 +37,23 @@ from engine.store.edge import BOOKKEEPING
 
 class ServerStore(VectorStore):
     def __init__(self, url: str, collection: str, info: ModelInfo, api_key: str | None = None,
-                 timeout_s: float = 10.0, hnsw_ef: int = 128, client: QdrantClient | None = None):
+                 timeout_s: float = 10.0, hnsw_ef: int = 128, client: QdrantClient | None = None,
+                 shard_number: int | None = None, replication_factor: int | None = None):
         self.info = info
         self.collection = collection
         self.hnsw_ef = hnsw_ef
+        # How a new collection is spread over a cluster: Qdrant places the shards and their
+        # replicas on its nodes and routes every request (None: the server's defaults).
+        self.shard_number = shard_number
+        self.replication_factor = replication_factor
         if client is not None:  # share one connection (tests use it to share an in-memory server)
             self.client = client
         elif url == ":memory:":
             self.client = QdrantClient(location=":memory:")
         else:
-            self.client = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+            # No version check: against a dead server it only adds a warning to the clear error below.
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)),
+                                       check_compatibility=False)
         try:
             exists = self.client.collection_exists(collection)
         except Exception as e:  # connection refused, DNS, timeout: all mean "not reachable"
@@ -67,8 +74,14 @@ class ServerStore(VectorStore):
                 ),
                 TEXT_VECTOR: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE),
                 SENTENCE_VECTOR: qm.VectorParams(size=SENTENCE_DIM, distance=qm.Distance.COSINE),
+                **({LOOK_VECTOR: qm.VectorParams(
+                    size=info.look_dim, distance=qm.Distance.COSINE, datatype=qm.Datatype.FLOAT16,
+                    multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
+                )} if info.look_dim else {}),
             },
             sparse_vectors_config={BM25_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+            shard_number=self.shard_number,
+            replication_factor=self.replication_factor,
             metadata=model_record(info),
         )
         for name in KEYWORD_FIELDS:
@@ -110,7 +123,7 @@ class ServerStore(VectorStore):
 
     def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
         query_vector = vector.astype(np.float32).tolist()
-        if using == IMAGE_VECTOR:
+        if using in (IMAGE_VECTOR, LOOK_VECTOR):
             query_vector = [query_vector]
         response = self.client.query_points(
             self.collection, query=query_vector, using=using, query_filter=_filter(filters), limit=limit,
@@ -204,6 +217,8 @@ def _named(p: ProductPoint) -> dict:
                TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
     if p.sentence_vector is not None:
         vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
+    if p.look_vectors is not None:
+        vectors[LOOK_VECTOR] = p.look_vectors.astype(np.float32).tolist()
     if p.terms is not None and p.terms[0]:
         vectors[BM25_VECTOR] = qm.SparseVector(indices=list(p.terms[0]), values=list(p.terms[1]))
     return vectors
