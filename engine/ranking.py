@@ -34,7 +34,7 @@ class RankerWeights(BaseModel):
     """How much each signal counts; 0 switches it off. Merchandisers tune these."""
 
     image: float = Field(1.0, ge=0, le=10)
-    look: float = Field(1.0, ge=0, le=10)
+    look: float = Field(8.0, ge=0, le=10)
     caption: float = Field(0.3, ge=0, le=10)
     text: float = Field(0.5, ge=0, le=10)
     bm25: float = Field(0.3, ge=0, le=10)
@@ -52,7 +52,10 @@ class RankerWeights(BaseModel):
 # A query's own background makes short queries ("shoes") and long ones (a full title), photos
 # and texts comparable, which raw cosines are not.
 Z_CENTER = 2.5
-Z_SCALE = 0.75
+Z_SCALE = 1.0
+# Bounded signals (BM25 share, category probability, price closeness, popularity) in [0, 1]
+# count as up to this many standard deviations of evidence, on the dense signals' scale.
+BOUNDED_Z = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,22 @@ class Background:
     def of(cls, scores: np.ndarray) -> "Background":
         return cls(float(scores.mean()), max(float(scores.std()), 1e-3))
 
+    def z(self, raw: float) -> float:
+        """How many standard deviations above this query's background ``raw`` stands."""
+        return (raw - self.mean) / self.std
+
     def calibrate(self, raw: float) -> float:
-        z = (raw - self.mean) / self.std
-        return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, (z - Z_CENTER) / Z_SCALE))))
+        return squash(self.z(raw))
+
+
+def squash(z: float) -> float:
+    """Evidence in standard deviations onto [0, 1]: 0.5 at Z_CENTER."""
+    return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, (z - Z_CENTER) / Z_SCALE))))
+
+
+def bounded(value: float) -> float:
+    """A [0, 1] signal as evidence on the z scale."""
+    return value * BOUNDED_Z
 
 
 def bm25_share(raw: float, best: float) -> float:
@@ -76,16 +92,22 @@ def bm25_share(raw: float, best: float) -> float:
     return raw / best if best > 0 else 0.0
 
 
-def fuse(signals: dict[str, float], weights: RankerWeights) -> tuple[float, dict[str, float]]:
-    """Weighted mean of calibrated signals and each signal's share of it."""
-    active = {name: value for name, value in signals.items() if getattr(weights, name) > 0}
+def fuse(evidence: dict[str, float], weights: RankerWeights) -> tuple[float, dict[str, float]]:
+    """The weighted mean of the signals' evidence (z units), squashed to [0, 1], and each signal's
+    share of the positive evidence.
+
+    Fusing z-scores rather than squashed values keeps a strong signal's margins: two candidates
+    10 and 6 standard deviations above the background both squash to ~1, yet differ a lot.
+    """
+    active = {name: value for name, value in evidence.items() if getattr(weights, name) > 0}
     total_weight = sum(getattr(weights, name) for name in active)
     if total_weight == 0:
         return 0.0, {}
-    contributions = {name: getattr(weights, name) * value / total_weight for name, value in active.items()}
-    score = sum(contributions.values())
-    shares = {name: (c / score if score > 0 else 0.0) for name, c in contributions.items()}
-    return score, shares
+    fused = sum(getattr(weights, name) * value for name, value in active.items()) / total_weight
+    positive = {name: getattr(weights, name) * max(value, 0.0) for name, value in active.items()}
+    total = sum(positive.values())
+    shares = {name: (part / total if total > 0 else 1.0 / len(positive)) for name, part in positive.items()}
+    return squash(fused), shares
 
 
 def price_closeness(price: float | None, target: float) -> float:

@@ -18,7 +18,7 @@ from PIL import Image
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
-from engine.ranking import Background, RankerWeights, bm25_share, fuse, price_closeness, softmax
+from engine.ranking import Background, RankerWeights, bm25_share, bounded, fuse, price_closeness, softmax, squash
 from engine.settings import SearchSettings
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, Hit, SearchFilters, VectorStore
 from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
@@ -106,6 +106,10 @@ class Searcher:
         if photo is None and query.image is not None:
             joint, looks = self.encoder.encode_photos([query.image])
             photo, look = joint[0], looks[0]
+        if text_joint is not None:
+            # "Like this, but in black": the words change what is wanted, so matching the photo's
+            # exact appearance would pull back the very product the shopper wants changed.
+            look = None
         prepared = _Query(
             visual=compose(photo, text_joint, mix),
             look=look,
@@ -205,28 +209,29 @@ class Searcher:
 
     def _rank(self, hit: Hit, q: _Query, weights: RankerWeights, backgrounds: dict[str, Background],
               bm25: dict, best_bm25: float, category_probs: dict) -> SearchResult:
-        signals: dict[str, float] = {}
+        evidence: dict[str, float] = {}  # each signal in standard deviations above its background
         if hit.image_vectors is not None:
-            signals["image"] = backgrounds["image"].calibrate(float(np.max(hit.image_vectors @ q.visual)))
+            evidence["image"] = backgrounds["image"].z(float(np.max(hit.image_vectors @ q.visual)))
         if q.look is not None and hit.look_vectors is not None and "look" in backgrounds:
-            signals["look"] = backgrounds["look"].calibrate(float(np.max(hit.look_vectors @ q.look)))
+            evidence["look"] = backgrounds["look"].z(float(np.max(hit.look_vectors @ q.look)))
         if hit.text_vector is not None and weights.caption > 0:
-            signals["caption"] = backgrounds["caption"].calibrate(float(hit.text_vector @ q.visual))
+            evidence["caption"] = backgrounds["caption"].z(float(hit.text_vector @ q.visual))
         if q.sentence is not None and hit.sentence_vector is not None:
-            signals["text"] = backgrounds["text"].calibrate(float(hit.sentence_vector @ q.sentence))
+            evidence["text"] = backgrounds["text"].z(float(hit.sentence_vector @ q.sentence))
         if q.terms is not None:
-            signals["bm25"] = bm25_share(bm25.get(hit.product_id, 0.0), best_bm25)
+            evidence["bm25"] = bounded(bm25_share(bm25.get(hit.product_id, 0.0), best_bm25))
         if category_probs:
-            signals["category"] = category_probs.get(hit.payload.get("category"), 0.0)
+            evidence["category"] = bounded(category_probs.get(hit.payload.get("category"), 0.0))
         if q.price_target is not None:
-            signals["price"] = price_closeness(hit.payload.get("price"), q.price_target)
+            evidence["price"] = bounded(price_closeness(hit.payload.get("price"), q.price_target))
         popularity = _popularity(hit.payload)
         if popularity is not None:
-            signals["popularity"] = popularity
+            evidence["popularity"] = bounded(popularity)
         if q.personal is not None and hit.image_vectors is not None:
             # As close as the candidate's nearest photo is to the nearest product in the history.
-            signals["personal"] = backgrounds["personal"].calibrate(float(np.max(hit.image_vectors @ q.personal.T)))
-        score, shares = fuse(signals, weights)
+            evidence["personal"] = backgrounds["personal"].z(float(np.max(hit.image_vectors @ q.personal.T)))
+        score, shares = fuse(evidence, weights)
+        signals = {name: squash(value) for name, value in evidence.items()}
         return to_result(hit, score, signals, shares)
 
     def _backgrounds(self, q: _Query) -> dict[str, Background]:

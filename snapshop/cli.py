@@ -252,6 +252,9 @@ def evaluate(
              "checkpoint) or train (to tune weights without touching validation).")] = "all",
     limit_products: Annotated[Optional[int], typer.Option(help="Use at most this many products.")] = None,
     limit_queries: Annotated[int, typer.Option(help="At most this many queries per set.")] = 500,
+    only: Annotated[Optional[str], typer.Option(
+        help="Comma-separated query sets to run: title_to_photo, describing, category, photo_plus_text, "
+             "photos (all when omitted).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for eval.json and recall_at_k.png.")] = Path("var/eval"),
     model: ModelOpt = None,
 ) -> None:
@@ -265,7 +268,8 @@ def evaluate(
         if split not in ("all", "train", "validation"):
             fail(f"--split must be all, train or validation, not '{split}'")
         report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
-                          settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")))
+                          settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
+                          only=set(only.split(",")) if only else None)
     except SnapshopError as e:
         fail(str(e))
     typer.echo(format_table(report))
@@ -308,6 +312,8 @@ def bench(
     precisions: Annotated[str, typer.Option(help="Encoder precisions to compare (fp32, bf16, fp16).")] = "fp32,bf16",
     sections: Annotated[str, typer.Option(help="Which parts: encoder, quality, ingest, scale.")] = "encoder,quality,ingest,scale",
     ef: Annotated[str, typer.Option(help="hnsw_ef values to sweep, comma-separated.")] = "16,32,64,128,256",
+    noise: Annotated[Optional[float], typer.Option(
+        help="Norm of the noise moving each copied vector; unset: as far as a real nearest neighbour.")] = None,
     min_seconds: Annotated[float, typer.Option(help="Least time spent timing each encoder figure.")] = 2.0,
     work_dir: Annotated[Path, typer.Option(help="Stores and the embeddings cache go here.")] = Path("var/bench"),
     keep_stores: Annotated[bool, typer.Option(help="Keep the benchmark stores instead of deleting them.")] = False,
@@ -336,7 +342,7 @@ def bench(
             catalog=catalog, sizes=numbers(sizes), queries=queries, source_products=source_products,
             ingest_products=ingest_products, quality_products=quality_products, batches=numbers(batches),
             precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), sections=chosen,
-            ef_sweep=numbers(ef), min_seconds=min_seconds, work_dir=work_dir, keep_stores=keep_stores,
+            ef_sweep=numbers(ef), noise=noise, min_seconds=min_seconds, work_dir=work_dir, keep_stores=keep_stores,
             cached_repeats=min(50, queries),
         )
         report = run_bench(settings, config, say=lambda message: typer.echo(f"bench: {message}", err=True))

@@ -165,7 +165,7 @@ def test_a_search_that_cannot_be_answered_is_422_with_the_reason(client, data, d
 def test_unknown_ranker_weight_is_422_naming_the_known_ones(client):
     response = client.post("/search", data={"text": "shirt", "weights": '{"colour": 1}'})
     assert response.status_code == 422
-    assert response.json()["detail"].startswith("unknown ranker weight(s): colour; known: image, caption")
+    assert response.json()["detail"].startswith("unknown ranker weight(s): colour; known: image, look, caption")
 
 
 @pytest.mark.parametrize("field, value", [("weights", "not json"), ("weights", "[1, 2]"), ("min_price", "-1"),
@@ -221,7 +221,8 @@ def test_a_photo_that_does_not_decode_is_422_with_the_reason(client, content, re
 
 def test_search_defaults_give_the_ranker_weights(client):
     body = client.get("/search/defaults").json()
-    assert set(body["weights"]) == {"image", "caption", "text", "bm25", "category", "price", "popularity", "personal"}
+    assert set(body["weights"]) == {"image", "look", "caption", "text", "bm25", "category", "price", "popularity",
+                                    "personal"}
     assert body["max_upload_bytes"] == MAX_UPLOAD and body["max_k"] == 200
 
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.images import load_image_file
-from engine.ranking import Background, RankerWeights, bm25_share, fuse
+from engine.ranking import Background, RankerWeights, bm25_share, fuse, squash
 from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, StoreSettings
 from engine.store import SearchFilters, open_store
@@ -26,15 +26,16 @@ def shop(tmp_path_factory, fashion_frame, encoder):
         yield Searcher(encoder, store), rows
 
 
-def test_fusion_is_a_weighted_mean_and_shares_sum_to_one():
+def test_fusion_is_a_weighted_mean_of_evidence_and_shares_sum_to_one():
     weights = RankerWeights(image=2.0, text=1.0, bm25=0.0)
-    score, shares = fuse({"image": 0.9, "text": 0.3, "bm25": 1.0}, weights)
-    assert score == pytest.approx((2 * 0.9 + 1 * 0.3) / 3)
+    score, shares = fuse({"image": 6.0, "text": 3.0, "bm25": 5.0}, weights)
+    assert score == pytest.approx(squash((2 * 6.0 + 1 * 3.0) / 3))  # bm25 weighted 0: left out
     assert set(shares) == {"image", "text"} and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["image"] == pytest.approx(12 / 15)
     # Calibration: 2.5 background standard deviations above the mean is an even bet.
     background = Background.of(np.array([0.1, 0.2, 0.3]))
     assert background.calibrate(0.2 + 2.5 * background.std) == pytest.approx(0.5)
-    assert background.calibrate(0.2 + 6 * background.std) > 0.95 and background.calibrate(0.2) < 0.05
+    assert background.calibrate(0.2 + 6 * background.std) > 0.95 and background.calibrate(0.2) < 0.1
     assert bm25_share(3.0, 6.0) == 0.5 and bm25_share(0.0, 0.0) == 0.0
 
 

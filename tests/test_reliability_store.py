@@ -48,7 +48,8 @@ def test_a_server_that_accepts_but_never_answers_is_unavailable_after_the_timeou
     started = time.monotonic()
     with pytest.raises(StoreUnavailable, match=f"the Qdrant server at {silent_server} does not answer"):
         open_store(StoreSettings(url=silent_server, timeout_s=1), INFO)
-    assert time.monotonic() - started < 5
+    # A bound that tells "answers after its timeout" from "hangs", with room for a loaded machine.
+    assert time.monotonic() - started < 20
 
 
 def snapshop(*args: str, env: dict[str, str] | None = None, timeout_s: float = 120) -> tuple[int, str, str, float]:

@@ -21,6 +21,7 @@ from engine.store.base import (
     SENTENCE_DIM,
     SENTENCE_VECTOR,
     KEYWORD_FIELDS,
+    LOOK_VECTOR,
     TEXT_VECTOR,
     Hit,
     ProductPoint,
