@@ -110,6 +110,10 @@ class Searcher:
             # "Like this, but in black": the words change what is wanted, so matching the photo's
             # exact appearance would pull back the very product the shopper wants changed.
             look = None
+        if text is not None and photo is not None:
+            # With a photo, words ("in brown") describe a change, not a product: they act mostly
+            # through the composed query vector; title matching alone would find brown anything.
+            weights = weights.model_copy(update={"text": weights.text * mix, "bm25": weights.bm25 * mix})
         prepared = _Query(
             visual=compose(photo, text_joint, mix),
             look=look,
