@@ -1,0 +1,67 @@
+"""Encoder throughput, images and texts, against the FLOP ceiling measured on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image
+
+from engine.encoder import Encoder
+from eval.bench.machine import count_flops, repeat_timed
+
+
+@contextmanager
+def batch_size(encoder: Encoder, size: int):
+    """Let one forward pass take ``size`` items, then restore the configured batch size."""
+    saved = encoder.batch_size
+    encoder.batch_size = max(saved, size)
+    try:
+        yield
+    finally:
+        encoder.batch_size = saved
+
+
+def bench_encoder(encoder: Encoder, images: Sequence[Image.Image], titles: Sequence[str], batches: Sequence[int],
+                  ceiling_gflops: float, min_seconds: float) -> dict:
+    """Images/s and texts/s at each batch size, with achieved GFLOP/s and their share of the ceiling.
+
+    A "text" is a title with both its vectors (joint space and sentence), as ingest and queries
+    need them.
+    """
+    report: dict = {"precision": str(encoder.dtype).replace("torch.", ""), "ceiling_gflops": round(ceiling_gflops, 1),
+                    "image": {}, "text": {}}
+    with batch_size(encoder, max(batches)):
+        for size in batches:
+            chunk = [images[i % len(images)] for i in range(size)]
+            report["image"][f"batch_{size}"] = _measure(
+                [lambda chunk=chunk: encoder.encode_images(chunk)], size, ceiling_gflops, min_seconds)
+            slices = _title_slices(titles, size)
+            calls = [lambda s=s: (encoder.encode_texts(s), encoder.encode_sentences(s)) for s in slices]
+            report["text"][f"batch_{size}"] = _measure(calls, size, ceiling_gflops, min_seconds)
+    for kind in ("image", "text"):
+        first, last = (report[kind][f"batch_{b}"]["per_s"] for b in (min(batches), max(batches)))
+        report[kind][f"batch_{max(batches)}_over_batch_{min(batches)}"] = round(last / first, 2)
+    return report
+
+
+def _title_slices(titles: Sequence[str], size: int) -> list[list[str]]:
+    """Distinct batches of titles, at least two: repeating one would be answered from the encoder's
+    last-batch memo instead of running the model."""
+    padded = [titles[i % len(titles)] for i in range(max(len(titles), size))]
+    slices = [padded[i * size : (i + 1) * size] for i in range(min(len(padded) // size, 64))]
+    if len(slices) == 1:  # the same words in capitals: another memo key, the same work (uncased model)
+        slices.append([title.upper() for title in slices[0]])
+    return slices
+
+
+def _measure(calls: list[Callable[[], object]], items: int, ceiling: float, min_seconds: float) -> dict:
+    flops = np.mean([count_flops(call) for call in calls[:8]]) / items  # also warms every call up
+    turn = iter(range(10**9))
+    times = repeat_timed(lambda: calls[next(turn) % len(calls)](), min_repeats=3, min_seconds=min_seconds)
+    seconds = float(np.median(times))
+    achieved = flops * items / seconds / 1e9
+    return {"per_s": round(items / seconds, 2), "ms_per_call": round(seconds * 1000, 2),
+            "gflop_per_item": round(flops / 1e9, 4), "achieved_gflops": round(achieved, 2),
+            "ceiling_fraction": round(achieved / ceiling, 4), "calls": len(times)}

@@ -1,0 +1,251 @@
+"""Query latency through the real engine path, beside exact search, and HNSW recall against it."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.images import load_image_file
+from engine.search import Searcher, SearchQuery, compose
+from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters
+from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
+from eval.bench.corpus import RealEmbeddings, SyntheticCatalog, photo_vectors
+
+KINDS = ("text", "photo", "photo_text")
+MODES = ("unfiltered", "filtered")
+RECALL_K = 10
+ANN_LIMIT = 64  # what the engine asks each signal for (k * 4, at least 64)
+LOOK_RECALL_QUERIES = 25  # appearance vectors are 1,280-d: their exact search is the slow one
+
+
+@dataclass
+class BenchQuery:
+    """One shopper query made from a real product (``source``): its words, its photo, or both."""
+
+    source: int
+    text: str | None = None
+    image: Image.Image | None = None
+
+
+@dataclass
+class QueryPlan:
+    """Distinct queries for every kind and filter mode: a repeated text would come from the cache."""
+
+    queries: dict[str, dict[str, list[BenchQuery]]]
+    warmup: list[BenchQuery]
+
+
+def plan_queries(real: RealEmbeddings, per_run: int, seed: int = 0) -> QueryPlan:
+    rng = random.Random(seed)
+    texts = _text_pool(real, rng)
+    photos = rng.sample(range(len(real)), min(len(real), 2 * per_run + 2))
+    while len(photos) < 2 * per_run + 2:  # a small real catalog: photos repeat (they are not cached)
+        photos.append(rng.randrange(len(real)))
+    images = {i: load_image_file(Path(real.image_files[i])) for i in set(photos)}
+    colours = sorted({str(f.get("colour") or f.get("color") or "").lower() for f in real.fields} - {""}) or ["black"]
+
+    def text_queries(offset):
+        return [BenchQuery(source, text) for text, source in texts[offset : offset + per_run]]
+
+    def photo_queries(offset, with_text):
+        return [BenchQuery(i, f"in {rng.choice(colours)}" if with_text else None, images[i])
+                for i in photos[offset : offset + per_run]]
+
+    queries = {
+        "text": {"unfiltered": text_queries(0), "filtered": text_queries(per_run)},
+        "photo": {"unfiltered": photo_queries(0, False), "filtered": photo_queries(per_run, False)},
+        "photo_text": {"unfiltered": photo_queries(0, True), "filtered": photo_queries(per_run, True)},
+    }
+    warmup = [BenchQuery(source, text) for text, source in texts[2 * per_run : 2 * per_run + 2]]
+    warmup += [BenchQuery(i, None, images[i]) for i in photos[2 * per_run :]]
+    return QueryPlan(queries, warmup)
+
+
+def _text_pool(real: RealEmbeddings, rng: random.Random) -> list[tuple[str, int]]:
+    """Distinct shopper-like texts, each with the real product it describes.
+
+    From the catalog's attributes where it has them ("navy blue men casual shirts"), and titles.
+    """
+    seen, pool = set(), []
+    for i in range(len(real)):
+        fields = {k: str(v).lower() for k, v in real.fields[i].items() if v not in (None, "")}
+        category = real.categories[i].lower()
+        colour = fields.get("colour") or fields.get("color") or ""
+        candidates = [f"{colour} {category}", f"{fields.get('gender', '')} {colour} {category}",
+                      f"{colour} {fields.get('usage', '')} {category}", real.titles[i]]
+        for text in candidates:
+            text = " ".join(text.split())
+            if text and text.lower() not in seen:
+                seen.add(text.lower())
+                pool.append((text, i))
+    rng.shuffle(pool)
+    return pool
+
+
+def filters_for(query: BenchQuery, real: RealEmbeddings) -> SearchFilters:
+    """What a shopper narrows to: the product's category, at most half again its price."""
+    return SearchFilters(categories=(real.categories[query.source],),
+                         max_price=round(float(real.prices[query.source]) * 1.5, 2))
+
+
+def filter_rows(filters: SearchFilters, synthetic: SyntheticCatalog) -> np.ndarray:
+    code = synthetic.category_names.index(filters.categories[0])
+    return np.flatnonzero((synthetic.category_codes == code) & (synthetic.prices <= filters.max_price))
+
+
+def exact_top(matrix: np.ndarray, vector: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Brute force: the ``k`` rows of ``matrix`` closest to ``vector`` (among ``rows``), best first."""
+    if matrix.dtype != np.float32:
+        return _exact_top_half(matrix, vector, k, rows)
+    return _top(matrix @ vector, k, rows)
+
+
+def _top(scores: np.ndarray, k: int, rows: np.ndarray | None) -> np.ndarray:
+    if rows is not None:
+        scores = scores[rows]
+    k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return rows[top] if rows is not None else top
+
+
+def _exact_top_half(matrix: np.ndarray, vector: np.ndarray, k: int, rows: np.ndarray | None) -> np.ndarray:
+    """Half-precision rows (appearance vectors, kept as the store keeps them): a shortlist scored in
+    half precision by torch (numpy has no fast float16 product), then rescored exactly in float32."""
+    coarse = (torch.from_numpy(matrix) @ torch.from_numpy(vector.astype(matrix.dtype))).float().numpy()
+    shortlist = _top(coarse, k * 20, rows)
+    exact = matrix[shortlist].astype(np.float32) @ vector
+    return shortlist[np.argsort(-exact, kind="stable")[:k]]
+
+
+def run_queries(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, plan: QueryPlan,
+                cached_repeats: int) -> tuple[dict, list[tuple[np.ndarray, SearchFilters, np.ndarray | None]]]:
+    """Latency of every kind and filter mode, exact search's latency and HNSW recall@10 beside it.
+
+    Returns the report and the (query vector, filters, exact top 10) of the image searches, for the
+    ef sweep.
+    """
+    for query in plan.warmup:  # the ranker's background sample and category names are built once
+        searcher.search(SearchQuery(text=query.text, image=query.image, k=RECALL_K))
+    report, probes = {}, []
+    for kind in KINDS:
+        report[kind] = {}
+        for mode in MODES:
+            report[kind][mode], mode_probes = _run(searcher, real, synthetic, plan.queries[kind][mode], mode)
+            probes += mode_probes
+    repeats = plan.queries["text"]["unfiltered"][:cached_repeats]
+    latencies = [_timed_search(searcher, SearchQuery(text=q.text, k=RECALL_K)) for q in repeats]
+    report["text"]["cached"] = {"queries": len(latencies), **_percentiles(latencies)}
+    report["text"]["cached"]["uncached_over_cached_p50"] = _ratio(report["text"]["unfiltered"]["p50_ms"],
+                                                                  report["text"]["cached"]["p50_ms"])
+    return report, probes
+
+
+def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, queries: list[BenchQuery],
+         mode: str):
+    latencies, exact_latencies, ann_latencies, selectivity = [], [], [], []
+    recalls: dict[str, list[float]] = {IMAGE_VECTOR: [], TEXT_VECTOR: [], SENTENCE_VECTOR: [], LOOK_VECTOR: []}
+    probes = []
+    for query in queries:
+        filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
+        latencies.append(_timed_search(searcher, SearchQuery(text=query.text, image=query.image, filters=filters,
+                                                             k=RECALL_K)))
+        visual, sentence, look = _query_vectors(searcher, query)
+        rows = filter_rows(filters, synthetic) if mode == "filtered" else None
+        selectivity.append(len(rows) / len(synthetic) if rows is not None else 1.0)
+        started = time.perf_counter()
+        exact_images = exact_top(synthetic.image, visual, RECALL_K, rows)
+        exact_latencies.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT, with_vectors=True)
+        ann_latencies.append(time.perf_counter() - started)
+        recalls[IMAGE_VECTOR].append(_recall(searcher, synthetic.image, visual, IMAGE_VECTOR, filters, rows,
+                                             exact_images))
+        recalls[TEXT_VECTOR].append(_recall(searcher, synthetic.text, visual, TEXT_VECTOR, filters, rows))
+        if sentence is not None:
+            recalls[SENTENCE_VECTOR].append(_recall(searcher, synthetic.sentence, sentence, SENTENCE_VECTOR,
+                                                    filters, rows))
+        if look is not None and synthetic.look is not None and len(recalls[LOOK_VECTOR]) < LOOK_RECALL_QUERIES:
+            recalls[LOOK_VECTOR].append(_recall(searcher, synthetic.look, look, LOOK_VECTOR, filters, rows))
+        probes.append((visual, filters, exact_images))
+    engine, exact = _percentiles(latencies), _percentiles(exact_latencies)
+    return {
+        "queries": len(queries), **engine,
+        "exact_p50_ms": exact["p50_ms"], "exact_p99_ms": exact["p99_ms"],
+        "engine_over_exact_p50": _ratio(engine["p50_ms"], exact["p50_ms"]),
+        "ann_p50_ms": _percentiles(ann_latencies)["p50_ms"],
+        "selectivity": round(float(np.mean(selectivity)), 5),
+        "recall@10": {name: round(float(np.mean(v)), 4) for name, v in recalls.items() if v},
+    }, probes
+
+
+def _timed_search(searcher: Searcher, query: SearchQuery) -> float:
+    started = time.perf_counter()
+    searcher.search(query)
+    return time.perf_counter() - started
+
+
+def _query_vectors(searcher: Searcher, query: BenchQuery):
+    """The vectors the engine searched with: (visual, sentence, look); texts come from the encoder's
+    cache, photos are encoded again."""
+    encoder = searcher.encoder
+    text = encoder.encode_text(query.text) if query.text else None
+    photo, look = None, None
+    if query.image is not None:
+        joint, looks = photo_vectors(encoder, [query.image])
+        photo, look = joint[0], (looks[0] if looks is not None else None)
+    sentence = encoder.encode_sentence(query.text) if query.text else None
+    return compose(photo, text, searcher.settings.photo_text_mix), sentence, look
+
+
+def _recall(searcher: Searcher, matrix: np.ndarray, vector: np.ndarray, using: str, filters: SearchFilters,
+            rows: np.ndarray | None, exact: np.ndarray | None = None) -> float:
+    """Share of the exact top 10 that the store's HNSW search finds."""
+    exact = exact_top(matrix, vector, RECALL_K, rows) if exact is None else exact
+    return _overlap(searcher.store.query(vector, using, filters, RECALL_K), exact)
+
+
+def _overlap(hits, exact: np.ndarray) -> float:
+    if len(exact) == 0:
+        return 1.0
+    found = {SyntheticCatalog.index_of(hit.product_id) for hit in hits}
+    return len(found & set(exact.tolist())) / len(exact)
+
+
+def ef_sweep(searcher: Searcher, probes, efs: list[int]) -> dict:
+    """Recall@10 and latency of the image vector's HNSW search at each search breadth (hnsw_ef),
+    against the exact top 10 found for the same queries before."""
+    store, saved = searcher.store, searcher.store.hnsw_ef
+    out = {}
+    try:
+        for ef in efs:
+            store.hnsw_ef = ef
+            recalls, latencies = [], []
+            for visual, filters, exact in probes:
+                started = time.perf_counter()
+                hits = store.query(visual, IMAGE_VECTOR, filters, RECALL_K)
+                latencies.append(time.perf_counter() - started)
+                recalls.append(_overlap(hits, exact))
+            out[str(ef)] = {"recall@10": round(float(np.mean(recalls)), 4), **_percentiles(latencies)}
+    finally:
+        store.hnsw_ef = saved
+    return out
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    if not seconds:
+        return {"p50_ms": None, "p99_ms": None}
+    p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
+    return {"p50_ms": round(float(p50), 2), "p99_ms": round(float(p99), 2)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
