@@ -86,10 +86,6 @@ def test_the_cli_answers_a_store_that_does_not_answer_with_one_error_line_and_a_
     assert seconds < model_load_s + 8, f"{seconds:.1f} s, where loading the model takes {model_load_s:.1f} s"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "qdrant-client checks the server's version from a background thread when a client is made and "
-    "warns ('Failed to obtain server version...') on stderr when it gets no answer; "
-    "engine/store/server.py can pass check_compatibility=False (it reports the failure itself)"))
 def test_the_cli_prints_nothing_but_its_one_error_line_for_a_silent_server(silent_server, model_load_s, tmp_path):
     code, _, err, _ = _unavailable("search", silent_server, tmp_path)
     assert code != 0 and [line for line in err.splitlines() if line.strip()] == [err.strip()]
