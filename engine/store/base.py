@@ -186,3 +186,17 @@ def vectors_of(vector) -> tuple[np.ndarray | None, ...]:
         return np.asarray(value, dtype=np.float32) if value is not None else None
 
     return dense(IMAGE_VECTOR), dense(TEXT_VECTOR), dense(SENTENCE_VECTOR), dense(LOOK_VECTOR)
+
+
+def named_vectors(p: ProductPoint, sparse_vector) -> dict:
+    """A product's named vectors as Qdrant takes them; ``sparse_vector`` is the client's class
+    (Qdrant Edge and qdrant-client each have their own, with the same fields)."""
+    vectors = {IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
+               TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
+    if p.sentence_vector is not None:
+        vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
+    if p.look_vectors is not None:
+        vectors[LOOK_VECTOR] = p.look_vectors.astype(np.float32).tolist()
+    if p.terms is not None and p.terms[0]:
+        vectors[BM25_VECTOR] = sparse_vector(indices=list(p.terms[0]), values=list(p.terms[1]))
+    return vectors

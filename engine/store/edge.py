@@ -47,6 +47,7 @@ from engine.store.base import (
     VectorStore,
     check_model,
     model_record,
+    named_vectors,
     point_id,
     vectors_of,
 )
@@ -314,15 +315,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _named(p: ProductPoint) -> dict:
-    vectors = {IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
-               TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
-    if p.sentence_vector is not None:
-        vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
-    if p.look_vectors is not None:
-        vectors[LOOK_VECTOR] = p.look_vectors.astype(np.float32).tolist()
-    if p.terms is not None and p.terms[0]:
-        vectors[BM25_VECTOR] = qe.SparseVector(indices=list(p.terms[0]), values=list(p.terms[1]))
-    return vectors
+    return named_vectors(p, qe.SparseVector)
 
 
 def _filter(filters: SearchFilters) -> qe.Filter | None:
