@@ -63,13 +63,16 @@ class Encoder:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             with self._threads_for(len(chunk)):
-                pixels = torch.stack([self.preprocess(image) for image in chunk])
-                if self.device.type == "cuda":
-                    pixels = pixels.pin_memory()
-                pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
-                pixels = pixels.contiguous(memory_format=torch.channels_last)
-                out[start : start + len(chunk)] = self._normalise(self.model.encode_image(pixels))
+                out[start : start + len(chunk)] = self._normalise(self.model.encode_image(self._pixels(chunk)))
         return out
+
+    def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Preprocessed images as one batch on the device, in the towers' precision and layout."""
+        pixels = torch.stack([self.preprocess(image) for image in images])
+        if self.device.type == "cuda":
+            pixels = pixels.pin_memory()  # lets the copy to the GPU run without a staging copy
+        pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
+        return pixels.contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def encode_photos(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +92,7 @@ class Encoder:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             with self._threads_for(len(chunk)):
-                pixels = torch.stack([self.preprocess(image) for image in chunk])
-                pixels = pixels.to(self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+                pixels = self._pixels(chunk)
                 feature_map = trunk.forward_features(pixels)
                 joint[start : start + len(chunk)] = self._normalise(self.model.visual.head(trunk.forward_head(feature_map)))
                 look[start : start + len(chunk)] = self._normalise(gem(feature_map))

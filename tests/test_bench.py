@@ -17,7 +17,7 @@ from conftest import FASHION, REPO, require
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
-from engine.encoder import ModelInfo, pick_dtype
+from engine.encoder import Encoder, ModelInfo, pick_dtype
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
 from eval.bench.corpus import RealEmbeddings, replicate
@@ -103,8 +103,10 @@ def test_queries_are_measured_beside_exact_search_with_recall(tiny_report):
         assert entry["queries"][kind]["filtered"]["selectivity"] < 1
     cached = entry["queries"]["text"]["cached"]
     assert number(cached["p50_ms"]) and number(cached["uncached_over_cached_p50"])
-    assert set(entry["hnsw_ef_sweep"]) == {"32", "128"}
-    assert all(0 <= v["recall@10"] <= 1 and number(v["p50_ms"]) for v in entry["hnsw_ef_sweep"].values())
+    assert {"image", "text", "title"} <= set(entry["hnsw_ef_sweep"])
+    for by_ef in entry["hnsw_ef_sweep"].values():
+        assert set(by_ef) == {"32", "128"}
+        assert all(0 <= v["recall@10"] <= 1 and number(v["p50_ms"]) for v in by_ef.values())
     assert {"image", "text", "sentence"} <= set(entry["noise"]) == set(entry["copy_cosine_to_source"])
     assert all(0 < cosine < 1 for cosine in entry["copy_cosine_to_source"].values())
 
@@ -192,6 +194,31 @@ def test_text_vectors_are_the_same_with_dynamic_padding_and_one_pass(encoder):
     np.testing.assert_allclose(encoder.encode_texts(texts), full, atol=2e-5)
     np.testing.assert_allclose(encoder.encode_sentences(texts), sentences, atol=2e-5)
     np.testing.assert_allclose(encoder.encode_sentence(texts[0]), sentences[0], atol=2e-5)
+
+
+class _ThreadRecorder(torch.nn.Module):
+    """A model that notes how many threads torch may use for each batch it encodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: list[int] = []
+
+    def encode_image(self, pixels):
+        self.threads.append(torch.get_num_threads())
+        return torch.ones(len(pixels), 4)
+
+
+def test_a_query_sized_batch_is_encoded_on_one_thread_and_a_big_one_on_all():
+    model = _ThreadRecorder()
+    encoder = Encoder(model, lambda image: torch.zeros(3, 4, 4), None, ModelInfo("m", "1", 4), torch.device("cpu"), 8)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        encoder.encode_images([None])
+        encoder.encode_images([None] * 8)
+        assert model.threads == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
 
 
 def test_a_gpu_encodes_in_half_precision_and_a_cpu_in_fp32_unless_asked():

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from engine.encoder import Encoder
+from eval.bench.corpus import photo_vectors
 from eval.bench.machine import count_flops, repeat_timed
 
 
@@ -27,8 +28,9 @@ def bench_encoder(encoder: Encoder, images: Sequence[Image.Image], titles: Seque
                   ceiling_gflops: float, min_seconds: float) -> dict:
     """Images/s and texts/s at each batch size, with achieved GFLOP/s and their share of the ceiling.
 
-    A "text" is a title with both its vectors (joint space and sentence), as ingest and queries
-    need them.
+    An "image" is a photo with all its vectors (joint space, and appearance where the model makes
+    it), a "text" a title with both of its (joint space and sentence): what ingest and queries
+    need of each.
     """
     report: dict = {"precision": str(encoder.dtype).replace("torch.", ""), "ceiling_gflops": round(ceiling_gflops, 1),
                     "image": {}, "text": {}}
@@ -36,7 +38,7 @@ def bench_encoder(encoder: Encoder, images: Sequence[Image.Image], titles: Seque
         for size in batches:
             chunk = [images[i % len(images)] for i in range(size)]
             report["image"][f"batch_{size}"] = _measure(
-                [lambda chunk=chunk: encoder.encode_images(chunk)], size, ceiling_gflops, min_seconds)
+                [lambda chunk=chunk: photo_vectors(encoder, chunk)], size, ceiling_gflops, min_seconds)
             slices = _title_slices(titles, size)
             calls = [lambda s=s: (encoder.encode_texts(s), encoder.encode_sentences(s)) for s in slices]
             report["text"][f"batch_{size}"] = _measure(calls, size, ceiling_gflops, min_seconds)

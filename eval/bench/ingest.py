@@ -10,6 +10,7 @@ from pathlib import Path
 from engine.encoder import Encoder
 from engine.settings import IngestSettings, StoreSettings
 from engine.store import open_store
+from eval.bench.corpus import photo_vectors
 from ingest.catalog import Catalog, read_catalog
 from ingest.pipeline import ImageLoader, ingest_catalog
 
@@ -27,7 +28,7 @@ def bench_ingest(encoder: Encoder, catalog_path: Path, count: int, settings: Ing
     started = time.perf_counter()
     for start in range(0, len(subset.rows), settings.upsert_batch):
         rows = subset.rows[start : start + settings.upsert_batch]
-        encoder.encode_images([photo for product in photos[start : start + len(rows)] for photo in product])
+        photo_vectors(encoder, [photo for product in photos[start : start + len(rows)] for photo in product])
         titles = [row.title for row in rows]
         encoder.encode_texts(titles)
         encoder.encode_sentences(titles)

@@ -53,6 +53,18 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def anonymous_rss_bytes() -> int | None:
+    """The part of the resident memory that no file backs: it cannot be given back to the page cache
+    (the rest is mapped store files, which the kernel may evict and read again)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def dir_bytes(path: Path) -> int:
     """Bytes of the files under ``path`` (what the store takes on disk)."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

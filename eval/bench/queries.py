@@ -22,6 +22,7 @@ MODES = ("unfiltered", "filtered")
 RECALL_K = 10
 ANN_LIMIT = 64  # what the engine asks each signal for (k * 4, at least 64)
 LOOK_RECALL_QUERIES = 25  # appearance vectors are 1,280-d: their exact search is the slow one
+MATRIX = {IMAGE_VECTOR: "image", TEXT_VECTOR: "text", SENTENCE_VECTOR: "sentence", LOOK_VECTOR: "look"}
 
 
 @dataclass
@@ -130,8 +131,8 @@ def run_queries(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCa
                 cached_repeats: int) -> tuple[dict, list[tuple[np.ndarray, SearchFilters, np.ndarray | None]]]:
     """Latency of every kind and filter mode, exact search's latency and HNSW recall@10 beside it.
 
-    Returns the report and the (query vector, filters, exact top 10) of the image searches, for the
-    ef sweep.
+    Returns the report and every (named vector, query vector, filters, exact top 10) searched, for
+    the ef sweep.
     """
     for query in plan.warmup:  # the ranker's background sample and category names are built once
         searcher.search(SearchQuery(text=query.text, image=query.image, k=RECALL_K))
@@ -167,15 +168,16 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
         started = time.perf_counter()
         searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT, with_vectors=True)
         ann_latencies.append(time.perf_counter() - started)
-        recalls[IMAGE_VECTOR].append(_recall(searcher, synthetic.image, visual, IMAGE_VECTOR, filters, rows,
-                                             exact_images))
-        recalls[TEXT_VECTOR].append(_recall(searcher, synthetic.text, visual, TEXT_VECTOR, filters, rows))
+        searches = [(IMAGE_VECTOR, visual, exact_images), (TEXT_VECTOR, visual, None)]
         if sentence is not None:
-            recalls[SENTENCE_VECTOR].append(_recall(searcher, synthetic.sentence, sentence, SENTENCE_VECTOR,
-                                                    filters, rows))
+            searches.append((SENTENCE_VECTOR, sentence, None))
         if look is not None and synthetic.look is not None and len(recalls[LOOK_VECTOR]) < LOOK_RECALL_QUERIES:
-            recalls[LOOK_VECTOR].append(_recall(searcher, synthetic.look, look, LOOK_VECTOR, filters, rows))
-        probes.append((visual, filters, exact_images))
+            searches.append((LOOK_VECTOR, look, None))
+        for using, vector, exact in searches:
+            if exact is None:
+                exact = exact_top(getattr(synthetic, MATRIX[using]), vector, RECALL_K, rows)
+            recalls[using].append(_overlap(searcher.store.query(vector, using, filters, RECALL_K), exact))
+            probes.append((using, vector, filters, exact))
     engine, exact = _percentiles(latencies), _percentiles(exact_latencies)
     return {
         "queries": len(queries), **engine,
@@ -206,14 +208,8 @@ def _query_vectors(searcher: Searcher, query: BenchQuery):
     return compose(photo, text, searcher.settings.photo_text_mix), sentence, look
 
 
-def _recall(searcher: Searcher, matrix: np.ndarray, vector: np.ndarray, using: str, filters: SearchFilters,
-            rows: np.ndarray | None, exact: np.ndarray | None = None) -> float:
-    """Share of the exact top 10 that the store's HNSW search finds."""
-    exact = exact_top(matrix, vector, RECALL_K, rows) if exact is None else exact
-    return _overlap(searcher.store.query(vector, using, filters, RECALL_K), exact)
-
-
 def _overlap(hits, exact: np.ndarray) -> float:
+    """Share of the exact top 10 that the store's HNSW search found."""
     if len(exact) == 0:
         return 1.0
     found = {SyntheticCatalog.index_of(hit.product_id) for hit in hits}
@@ -221,20 +217,23 @@ def _overlap(hits, exact: np.ndarray) -> float:
 
 
 def ef_sweep(searcher: Searcher, probes, efs: list[int]) -> dict:
-    """Recall@10 and latency of the image vector's HNSW search at each search breadth (hnsw_ef),
+    """Recall@10 and latency of each named vector's HNSW search at each search breadth (hnsw_ef),
     against the exact top 10 found for the same queries before."""
     store, saved = searcher.store, searcher.store.hnsw_ef
-    out = {}
+    out: dict[str, dict] = {}
     try:
         for ef in efs:
             store.hnsw_ef = ef
-            recalls, latencies = [], []
-            for visual, filters, exact in probes:
+            found: dict[str, tuple[list, list]] = {}
+            for using, vector, filters, exact in probes:
                 started = time.perf_counter()
-                hits = store.query(visual, IMAGE_VECTOR, filters, RECALL_K)
+                hits = store.query(vector, using, filters, RECALL_K)
+                recalls, latencies = found.setdefault(using, ([], []))
                 latencies.append(time.perf_counter() - started)
                 recalls.append(_overlap(hits, exact))
-            out[str(ef)] = {"recall@10": round(float(np.mean(recalls)), 4), **_percentiles(latencies)}
+            for using, (recalls, latencies) in found.items():
+                out.setdefault(using, {})[str(ef)] = {"recall@10": round(float(np.mean(recalls)), 4),
+                                                      **_percentiles(latencies)}
     finally:
         store.hnsw_ef = saved
     return out

@@ -109,7 +109,9 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
     title = f"{size:,} products (copies of real ones; mean cosine of a copy to its source: {copies})"
     timing = (f"  load: upsert {load['upsert_s']} s ({load['upsert_per_s']}/s, batches of {load['batch']}), "
               f"optimize {load['optimize_s']} s, reopen {load['reopen_s']} s")
-    memory = (f"  memory {load['rss_bytes_per_product']} B/product RSS, {load['disk_bytes_per_product']} B/product "
+    memory = (f"  memory {load['rss_bytes_per_product']} B/product RSS "
+              f"({load.get('rss_anonymous_bytes_per_product', '-')} B anonymous, the rest mapped store files), "
+              f"{load['disk_bytes_per_product']} B/product "
               f"on disk; raw vectors {load['raw_vector_bytes_per_product']} B -> RSS x{load['rss_over_raw']}, "
               f"disk x{load['disk_over_raw']}")
     header = (f"  {'query':<11} {'filters':<10} {'p50 ms':>8} {'p99 ms':>8} {'exact p50':>9} {'engine/exact':>12} "
@@ -124,8 +126,10 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
             recall = " ".join(f"{k} {v:.3f}" for k, v in q["recall@10"].items())
             lines.append(f"  {kind:<11} {mode:<10} {q['p50_ms']:>8} {q['p99_ms']:>8} {q['exact_p50_ms']:>9} "
                          f"{q['engine_over_exact_p50']:>12} {q['ann_p50_ms']:>8} {q['selectivity']:>11.4f}  {recall}")
-    sweep = "  ".join(f"ef {ef}: {v['recall@10']:.3f} / {v['p50_ms']} ms" for ef, v in entry["hnsw_ef_sweep"].items())
-    lines.append(f"  hnsw_ef sweep (image vector, recall@10 / p50): {sweep}  [setting: {entry['hnsw_ef']}]")
+    lines.append(f"  hnsw_ef sweep, recall@10 / p50 of one search of 10 (setting: {entry['hnsw_ef']}):")
+    for using, by_ef in entry["hnsw_ef_sweep"].items():
+        sweep = "  ".join(f"ef {ef}: {v['recall@10']:.3f} / {v['p50_ms']} ms" for ef, v in by_ef.items())
+        lines.append(f"    {using:<6} {sweep}")
     return lines
 
 

@@ -19,7 +19,14 @@ from engine.store import open_store
 from eval.bench.corpus import SENTENCE_DIM, bulk_load, real_embeddings, replicate
 from eval.bench.encoding import bench_encoder
 from eval.bench.ingest import bench_ingest
-from eval.bench.machine import dir_bytes, load_average, machine_info, matmul_gflops, rss_bytes
+from eval.bench.machine import (
+    anonymous_rss_bytes,
+    dir_bytes,
+    load_average,
+    machine_info,
+    matmul_gflops,
+    rss_bytes,
+)
 from eval.bench.quality import precision_quality
 from eval.bench.queries import ef_sweep, plan_queries, run_queries
 from eval.bench.report import acceptance
@@ -142,13 +149,16 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
     shutil.rmtree(folder, ignore_errors=True)
     store_settings = StoreSettings(path=folder, hnsw_ef=settings.store.hnsw_ef)
     gc.collect()
-    rss_before = rss_bytes()
+    rss_before, anonymous_before = rss_bytes(), anonymous_rss_bytes()
     try:
         with open_store(store_settings, encoder.info) as store:
             say(f"{size:,} products: bulk load")
             load = bulk_load(store, real, synthetic, config.load_batch)
             gc.collect()
             load["rss_bytes_per_product"] = round((rss_bytes() - rss_before) / size, 1)
+            anonymous = anonymous_rss_bytes()
+            if anonymous is not None and anonymous_before is not None:
+                load["rss_anonymous_bytes_per_product"] = round((anonymous - anonymous_before) / size, 1)
         load["disk_bytes_per_product"] = round(dir_bytes(folder) / size, 1)
         raw = 4 * (synthetic.image.shape[1] + synthetic.text.shape[1] + SENTENCE_DIM)  # stored as float32
         raw += 2 * synthetic.look.shape[1] if synthetic.look is not None else 0  # stored as float16
