@@ -52,6 +52,7 @@ class Encoder:
     batch_size: int = 32
     metadata: dict = field(default_factory=dict)
     dtype: torch.dtype = torch.float32  # the towers' compute precision (see load_encoder)
+    text_dtype: torch.dtype | None = None  # the text tower's, where it differs (None: ``dtype``)
     # The last text batch's pooled tower output, keyed by its texts: a title's joint-space vector
     # and its sentence vector come from one transformer pass (see _pooled).
     _pooled_memo: tuple | None = field(default=None, repr=False, compare=False)
@@ -258,6 +259,11 @@ QUERY_BATCH = 2
 GPU_BATCH_SIZE = 256
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
     """The towers' compute precision: 'auto' is fp32 on a CPU, bf16 (fp16 where missing) on a GPU."""
     if precision == "auto":
@@ -265,7 +271,7 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if device.type == "cpu" and dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if device.type == "cpu" and dtype == torch.bfloat16 and not native_bf16():
         log.warning("bf16 asked for, but this CPU has no native bf16 (AVX512-BF16/AMX): it will be slow")
     if device.type == "cpu" and dtype == torch.float16:
         log.warning("fp16 on a CPU is slow and not checked for quality; use bf16 or fp32")
@@ -288,6 +294,14 @@ def load_encoder(settings: ModelSettings) -> Encoder:
     # Depthwise convolutions run about 2.5x faster channels-last on CPU (measured here); on a
     # GPU channels-last is what the half-precision convolution kernels want too.
     model = model.to(device).eval().to(memory_format=torch.channels_last).to(dtype)
+    text_dtype = None
+    if settings.precision == "auto" and device.type == "cpu" and hasattr(model, "text") and native_bf16():
+        # A query's text is a few tokens: its encoding is bound by reading the text tower's 40 MB
+        # of weights, which bf16 halves. Measured here: one text 17 ms in fp32, 8.4 ms in bf16,
+        # cosine to the fp32 vector 0.9999. The image tower stays fp32: one photo is no faster
+        # in bf16 on a CPU.
+        model.text.to(torch.bfloat16)
+        text_dtype = torch.bfloat16
     batch_size = settings.batch_size
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed 224 px inputs: pick the fastest kernels once
@@ -298,8 +312,9 @@ def load_encoder(settings: ModelSettings) -> Encoder:
     trunk = getattr(getattr(model, "visual", None), "trunk", None)
     look_dim = int(getattr(trunk, "num_features", 0)) if hasattr(trunk, "forward_features") else dim
     info = ModelInfo(name=spec.name, version=version, dim=dim, look_dim=look_dim)
-    log.info("loaded model %s (%d-d) on %s in %s, batches of %d", info.tag, dim, device, dtype, batch_size)
-    return Encoder(model, preprocess, tokenizer, info, device, batch_size, metadata, dtype)
+    log.info("loaded model %s (%d-d) on %s in %s (text %s), batches of %d", info.tag, dim, device, dtype,
+             text_dtype or dtype, batch_size)
+    return Encoder(model, preprocess, tokenizer, info, device, batch_size, metadata, dtype, text_dtype=text_dtype)
 
 
 def _load_lit(spec: ModelSpec, weights_override: Path | None):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from engine.errors import InvalidImage
 
@@ -170,3 +171,15 @@ def _shrink_short_side(image: Image.Image) -> Image.Image:
 def _reason(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text[:200]
+
+
+def backdrop_mask(photo: Image.Image, white: int = 235) -> Image.Image:
+    """255 on the product, 0 on a studio photo's near-white backdrop (the near-white pixels
+    connected to the photo's corners): lets a catalog photo be set on another background."""
+    from scipy import ndimage
+
+    near_white = np.asarray(photo.convert("L")) > white
+    regions, _ = ndimage.label(near_white)  # 4-connected, as a flood fill spreads
+    corners = {regions[0, 0], regions[0, -1], regions[-1, 0], regions[-1, -1]} - {0}
+    product = ~np.isin(regions, list(corners))
+    return Image.fromarray(np.where(product, 255, 0).astype(np.uint8)).filter(ImageFilter.MinFilter(3))

@@ -21,7 +21,7 @@ class StoreSettings(BaseModel):
     api_key: str | None = Field(None, description="API key of the Qdrant server, if it needs one.")
     collection: str = Field("products", description="Collection (server) or shard name (embedded).")
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one call to a Qdrant server.")
-    hnsw_ef: int = Field(128, ge=8, description="HNSW search breadth: higher is more exact and slower.")
+    hnsw_ef: int = Field(64, ge=8, description="HNSW search breadth: higher is more exact and slower.")
     shard_number: int | None = Field(
         None, ge=1, description="Shards of a new server collection; a Qdrant cluster spreads them over its "
         "nodes. None: the server's default (one per node in a cluster).",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 
+from engine.images import backdrop_mask
 from ingest.catalog import ProductRow
 
 DESCRIBING_FIELDS = ("colour", "gender", "usage")
@@ -121,7 +122,7 @@ def shopper_like(photo: Image.Image, rng: random.Random) -> Image.Image:
     product = photo.resize((int(width * scale), int(height * scale)))
     # The studio's white backdrop is replaced (shoppers don't shoot on white paper): the white
     # region connected to the borders becomes the table, the product itself stays whole.
-    mask = _foreground_mask(product)
+    mask = backdrop_mask(product)
     x = rng.randint(0, background.width - product.width)
     y = rng.randint(0, background.height - product.height)
     background.paste(product, (x, y), mask)
@@ -136,19 +137,6 @@ def shopper_like(photo: Image.Image, rng: random.Random) -> Image.Image:
     shot = ImageEnhance.Color(shot).enhance(rng.uniform(0.7, 1.3))
     shot = ImageEnhance.Contrast(shot).enhance(rng.uniform(0.8, 1.2))
     return shot
-
-
-def _foreground_mask(photo: Image.Image) -> Image.Image:
-    """255 on the product, 0 on the near-white backdrop reachable from the photo's edges."""
-    from PIL import ImageDraw
-
-    grey = photo.convert("L").point(lambda v: 255 if v > 235 else 0)
-    filled = grey.copy()
-    width, height = filled.size
-    for corner in ((0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)):
-        if filled.getpixel(corner) == 255:
-            ImageDraw.floodfill(filled, corner, 128)
-    return filled.point(lambda v: 0 if v == 128 else 255).filter(ImageFilter.MinFilter(3))
 
 
 def augmented_photo_queries(rows: list[ProductRow], base_dir: Path, count: int, seed: int = 0,

@@ -80,3 +80,27 @@ def test_queries_without_text_or_photo_or_with_bad_ranges_are_refused(shop):
         SearchFilters(min_price=50, max_price=10)
     with pytest.raises(InvalidQuery, match="k must be"):
         searcher.search(SearchQuery(text="shirt", k=0))
+
+
+def test_a_qdrant_server_ranks_like_the_embedded_store(tmp_path, fashion_frame, encoder):
+    """The ranker's batched candidate searches and scoring run on either back end with one result.
+
+    The server path runs against qdrant-client's in-memory mode (the server's API)."""
+    rows = pick_products(fashion_frame, 6, ["Shirts", "Watches", "Handbags", "Jeans"])
+    path = write_catalog(rows, tmp_path)
+    answers = []
+    for settings in (StoreSettings(path=tmp_path / "store"), StoreSettings(url=":memory:")):
+        with open_store(settings, encoder.info) as store:
+            ingest_catalog(read_catalog(path), encoder, store, IngestSettings(), progress=False)
+            searcher = Searcher(encoder, store)
+            photo = load_image_file(FASHION / rows.iloc[7]["image"])
+            answers.append([searcher.search(query).results for query in (
+                SearchQuery(text="black leather handbag", k=5),
+                SearchQuery(image=photo, k=5),
+                SearchQuery(text="in black", image=photo, k=5, filters=SearchFilters(max_price=5000)))])
+    embedded, server = answers
+    assert server[1][0].product_id == str(rows.iloc[7]["id"])
+    for mine, theirs in zip(embedded, server):
+        assert [r.product_id for r in mine] == [r.product_id for r in theirs]
+        assert [r.score for r in mine] == pytest.approx([r.score for r in theirs], abs=1e-3)
+        assert mine[0].explanation.keys() == theirs[0].explanation.keys()

@@ -125,3 +125,36 @@ def test_bm25_terms_sampling_recommend_and_price_extremes(settings):
         assert [h.product_id for h in liked][0] == "shirt-2"
         assert store.extreme_price(SearchFilters(), lowest=True) == 20.0
         assert store.extreme_price(SearchFilters(categories=("Shirts",)), lowest=False) == 45.0
+
+
+def test_batched_searches_scores_and_records_of_given_points(settings):
+    """The ranker's calls: every signal's candidates in one batch, every signal's score for each
+    candidate computed by Qdrant, and only the payload fields ranking reads; on both back ends."""
+    from engine.lexical import query_terms, title_terms
+    from engine.store.base import BM25_VECTOR, VectorQuery
+
+    points = products()
+    for point in points:
+        point.terms = title_terms(point.payload["title"])
+    with open_store(settings, INFO) as store:
+        store.upsert(points)
+        photo = unit(1, 0.5, 0, 0, 0, 0, 0, 0)
+        queries = [VectorQuery(IMAGE_VECTOR, photo), VectorQuery(TEXT_VECTOR, unit(0, 0, 1, 0.5, 0, 0, 0, 0), limit=1),
+                   VectorQuery(BM25_VECTOR, terms=query_terms("black shirt"))]
+        by_photo, by_title, by_words = store.search_many(queries, SearchFilters(max_price=100), 10)
+        every = store.search_many([VectorQuery(IMAGE_VECTOR, photo)], SearchFilters(), 10)[0]
+        names = {key: record.product_id for key, record in store.records([key for key, _ in every]).items()}
+        assert [names[key] for key, _ in by_photo] == ["shirt-1", "shirt-2"]  # the watch is over the price
+        assert [names[key] for key, _ in by_title] == ["shirt-2"]  # the query's own limit, under the filter
+        assert names[by_words[0][0]] == "shirt-2"
+        keys = {name: key for key, name in names.items()}
+        image, words = store.score([keys["shirt-2"], keys["watch-1"]], [queries[0], queries[2]])
+        # MaxSim over the product's photos: exactly the cosine of its best photo.
+        assert set(image) == {keys["shirt-2"], keys["watch-1"]}
+        assert image[keys["shirt-2"]] == pytest.approx(float(points[1].image_vectors[0] @ photo), abs=1e-4)
+        assert image[keys["watch-1"]] == pytest.approx(0.0, abs=1e-4)
+        assert set(words) == {keys["shirt-2"]}  # the watch has no term in common: absent, not zero
+        assert store.score([], queries) == [{}, {}, {}]
+        partial = store.records([keys["shirt-1"]], ["product_id", "price"], [IMAGE_VECTOR])[keys["shirt-1"]]
+        assert partial.payload == {"product_id": "shirt-1", "price": 20.0}
+        assert partial.image_vectors.shape == (2, 8) and partial.text_vector is None

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -31,6 +32,7 @@ KEYWORD_FIELDS = ("category", "product_id")
 FLOAT_FIELDS = ("price",)
 
 
+@lru_cache(maxsize=65536)
 def point_id(product_id: str) -> str:
     """The Qdrant point id of a shop's product id (Qdrant ids are integers or UUIDs)."""
     return str(uuid.uuid5(_ID_NAMESPACE, str(product_id)))
@@ -71,6 +73,25 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class VectorQuery:
+    """One named vector's query: a dense vector, or BM25 terms for the sparse ``bm25`` vector."""
+
+    using: str
+    vector: np.ndarray | None = None
+    terms: tuple[list[int], list[float]] | None = None
+    limit: int | None = None  # candidates wanted from this query; None: the call's limit
+
+    @property
+    def multivector(self) -> bool:
+        return self.using in (IMAGE_VECTOR, LOOK_VECTOR)
+
+    def as_list(self) -> list:
+        """The dense vector as Qdrant takes it: a multivector is queried with a multivector (MaxSim)."""
+        values = self.vector.astype(np.float32).tolist()
+        return [values] if self.multivector else values
+
+
+@dataclass(frozen=True)
 class SearchFilters:
     """Merchandiser and shopper filters; every hit must satisfy all of them."""
 
@@ -108,7 +129,8 @@ class VectorStore(ABC):
     def delete(self, product_ids: Iterable[str]) -> None: ...
 
     @abstractmethod
-    def get(self, product_ids: list[str], with_vectors: bool = False) -> dict[str, StoredProduct]: ...
+    def get(self, product_ids: list[str], with_vectors: bool | list[str] = False) -> dict[str, StoredProduct]:
+        """Stored products by id; ``with_vectors``: all named vectors, none, or the ones named."""
 
     @abstractmethod
     def query(
@@ -120,6 +142,25 @@ class VectorStore(ABC):
     def query_terms(self, terms: tuple[list[int], list[float]], filters: SearchFilters, limit: int,
                     with_vectors: bool = False) -> list[Hit]:
         """Products whose titles best match ``terms`` by BM25."""
+
+    # The ranker's calls. They speak in point keys (Qdrant's own ids, whatever type the client
+    # gives them) rather than product ids: a key needs no payload read to be known, and only the
+    # candidates that are ranked have their payload read, and only the fields ranking needs.
+    @abstractmethod
+    def search_many(self, queries: list[VectorQuery], filters: SearchFilters,
+                    limit: int) -> list[list[tuple[Hashable, float]]]:
+        """Each query's nearest products as (point key, score), best first, run as one batch."""
+
+    @abstractmethod
+    def score(self, keys: list[Hashable], queries: list[VectorQuery]) -> list[dict[Hashable, float]]:
+        """Each query's score for each of the points ``keys``, computed by Qdrant (no vector leaves
+        the store); a point without the query's vector, or with no BM25 term in common, is absent."""
+
+    @abstractmethod
+    def records(self, keys: list[Hashable], fields: list[str] | None = None,
+                vectors: list[str] | None = None) -> dict[Hashable, StoredProduct]:
+        """The points ``keys`` with their payload (all of it, or the ``fields`` named, dotted for
+        nested ones) and the named ``vectors``; a point deleted meanwhile is absent."""
 
     @abstractmethod
     def recommend(self, positives: list[np.ndarray], negatives: list[np.ndarray], filters: SearchFilters,

@@ -41,6 +41,7 @@ from engine.store.base import (
     SENTENCE_VECTOR,
     TEXT_VECTOR,
     Hit,
+    VectorQuery,
     ProductPoint,
     SearchFilters,
     StoredProduct,
@@ -56,7 +57,7 @@ BOOKKEEPING = ["product_id", "content_hash", "meta_hash"]
 
 
 class EdgeStore(VectorStore):
-    def __init__(self, root: Path, collection: str, info: ModelInfo, hnsw_ef: int = 128):
+    def __init__(self, root: Path, collection: str, info: ModelInfo, hnsw_ef: int = 64):
         self.info = info
         self.dir = Path(root) / collection
         self.hnsw_ef = hnsw_ef
@@ -204,7 +205,7 @@ class EdgeStore(VectorStore):
             self.shard.flush()
 
     # --- reads ------------------------------------------------------------------------------
-    def get(self, product_ids: list[str], with_vectors: bool = False) -> dict[str, StoredProduct]:
+    def get(self, product_ids: list[str], with_vectors: bool | list[str] = False) -> dict[str, StoredProduct]:
         if not product_ids:
             return {}
         records = self.shard.retrieve([point_id(pid) for pid in product_ids], with_payload=True,
@@ -238,6 +239,45 @@ class EdgeStore(VectorStore):
             filter=_filter(filters), with_payload=True, with_vector=with_vectors,
         )
         return self._hits(request)
+
+    def search_many(self, queries, filters, limit):
+        if not queries:
+            return []
+        condition = _filter(filters)
+        requests = [qe.QueryRequest(limit=q.limit or limit, query=self._nearest(q), filter=condition,
+                                    with_payload=False, with_vector=False,
+                                    params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, q.limit or limit)))
+                    for q in queries]
+        answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[(p.id, p.score) for p in points] for points in answers]
+
+    def score(self, keys, queries):
+        if not keys or not queries:
+            return [{} for _ in queries]
+        # The id condition is resolved first, so Qdrant compares the query with just these few
+        # hundred stored vectors, whatever the catalog's size.
+        condition = qe.Filter(must=[qe.HasIdCondition(set(keys))])
+        requests = [qe.QueryRequest(limit=len(keys), query=self._nearest(q), filter=condition, with_payload=False,
+                                    with_vector=False)
+                    for q in queries]
+        answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [{p.id: p.score for p in points} for points in answers]
+
+    def records(self, keys, fields=None, vectors=None):
+        if not keys:
+            return {}
+        found = self.shard.retrieve(list(keys), with_payload=fields or True, with_vector=vectors or False)
+        out = {}
+        for record in found:
+            payload = dict(record.payload or {})
+            out[record.id] = StoredProduct(payload.get("product_id"), payload, *vectors_of(record.vector))
+        return out
+
+    @staticmethod
+    def _nearest(q: VectorQuery):
+        if q.terms is not None:
+            return qe.Query.Nearest(qe.SparseVector(indices=q.terms[0], values=q.terms[1]), using=q.using)
+        return qe.Query.Nearest(q.as_list(), using=q.using)
 
     def recommend(self, positives, negatives, filters, limit) -> list[Hit]:
         recommend = qe.RecommendQuery(

@@ -24,6 +24,7 @@ from engine.store.base import (
     LOOK_VECTOR,
     TEXT_VECTOR,
     Hit,
+    VectorQuery,
     ProductPoint,
     SearchFilters,
     StoredProduct,
@@ -39,7 +40,7 @@ from engine.store.edge import BOOKKEEPING
 
 class ServerStore(VectorStore):
     def __init__(self, url: str, collection: str, info: ModelInfo, api_key: str | None = None,
-                 timeout_s: float = 10.0, hnsw_ef: int = 128, client: QdrantClient | None = None,
+                 timeout_s: float = 10.0, hnsw_ef: int = 64, client: QdrantClient | None = None,
                  shard_number: int | None = None, replication_factor: int | None = None):
         self.info = info
         self.collection = collection
@@ -112,7 +113,7 @@ class ServerStore(VectorStore):
         if ids:
             self.client.delete(self.collection, points_selector=qm.PointIdsList(points=ids), wait=True)
 
-    def get(self, product_ids: list[str], with_vectors: bool = False) -> dict[str, StoredProduct]:
+    def get(self, product_ids: list[str], with_vectors: bool | list[str] = False) -> dict[str, StoredProduct]:
         if not product_ids:
             return {}
         records = self.client.retrieve(self.collection, [point_id(pid) for pid in product_ids],
@@ -141,6 +142,35 @@ class ServerStore(VectorStore):
             query_filter=_filter(filters), limit=limit, with_payload=True, with_vectors=with_vectors,
         )
         return _hits(response)
+
+    def search_many(self, queries, filters, limit):
+        if not queries:
+            return []
+        condition = _filter(filters)
+        requests = [qm.QueryRequest(query=_nearest(q), using=q.using, filter=condition, limit=q.limit or limit,
+                                    with_payload=False, with_vector=False,
+                                    params=qm.SearchParams(hnsw_ef=max(self.hnsw_ef, q.limit or limit)))
+                    for q in queries]
+        answers = self.client.query_batch_points(self.collection, requests=requests)
+        return [[(p.id, p.score) for p in answer.points] for answer in answers]
+
+    def score(self, keys, queries):
+        if not keys or not queries:
+            return [{} for _ in queries]
+        condition = qm.Filter(must=[qm.HasIdCondition(has_id=list(keys))])
+        requests = [qm.QueryRequest(query=_nearest(q), using=q.using, filter=condition, limit=len(keys),
+                                    with_payload=False, with_vector=False)
+                    for q in queries]
+        answers = self.client.query_batch_points(self.collection, requests=requests)
+        return [{p.id: p.score for p in answer.points} for answer in answers]
+
+    def records(self, keys, fields=None, vectors=None):
+        if not keys:
+            return {}
+        found = self.client.retrieve(self.collection, list(keys), with_payload=fields or True,
+                                     with_vectors=vectors or False)
+        return {r.id: StoredProduct((r.payload or {}).get("product_id"), dict(r.payload or {}), *vectors_of(r.vector))
+                for r in found}
 
     def recommend(self, positives, negatives, filters, limit) -> list[Hit]:
         response = self.client.query_points(
@@ -212,6 +242,12 @@ class ServerStore(VectorStore):
 
 def _hits(response) -> list[Hit]:
     return [Hit(p.payload["product_id"], float(p.score), p.payload, *vectors_of(p.vector)) for p in response.points]
+
+
+def _nearest(q: VectorQuery):
+    if q.terms is not None:
+        return qm.SparseVector(indices=q.terms[0], values=q.terms[1])
+    return q.as_list()
 
 
 def _named(p: ProductPoint) -> dict:

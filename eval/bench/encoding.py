@@ -32,8 +32,9 @@ def bench_encoder(encoder: Encoder, images: Sequence[Image.Image], titles: Seque
     it), a "text" a title with both of its (joint space and sentence): what ingest and queries
     need of each.
     """
-    report: dict = {"precision": str(encoder.dtype).replace("torch.", ""), "ceiling_gflops": round(ceiling_gflops, 1),
-                    "image": {}, "text": {}}
+    report: dict = {"precision": str(encoder.dtype).replace("torch.", ""),
+                    "text_precision": str(encoder.text_dtype or encoder.dtype).replace("torch.", ""),
+                    "ceiling_gflops": round(ceiling_gflops, 1), "image": {}, "text": {}}
     with batch_size(encoder, max(batches)):
         for size in batches:
             chunk = [images[i % len(images)] for i in range(size)]

@@ -105,6 +105,10 @@ def _quality_lines(quality: dict) -> list[str]:
 
 def _scale_lines(size: int, entry: dict) -> list[str]:
     load = entry["load"]
+    if load.get("reused"):
+        load = {**load, "upsert_s": "-", "upsert_per_s": "-", "batch": "-", "optimize_s": "(a kept store, not loaded"
+                " in this run)", "rss_bytes_per_product": "-", "raw_vector_bytes_per_product": "-", "rss_over_raw": "-",
+                "disk_over_raw": "-"}
     copies = ", ".join(f"{k} {v}" for k, v in entry["copy_cosine_to_source"].items())
     title = f"{size:,} products (copies of real ones; mean cosine of a copy to its source: {copies})"
     timing = (f"  load: upsert {load['upsert_s']} s ({load['upsert_per_s']}/s, batches of {load['batch']}), "
@@ -116,7 +120,10 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
               f"disk x{load['disk_over_raw']}")
     header = (f"  {'query':<11} {'filters':<10} {'p50 ms':>8} {'p99 ms':>8} {'exact p50':>9} {'engine/exact':>12} "
               f"{'ANN p50':>8} {'selectivity':>11}  recall@10")
-    lines = ["", title, timing, memory, header]
+    warm = entry.get("warmup") or {}
+    lines = ["", title, timing, memory,
+             f"  cold start: the first {warm.get('queries', 0)} queries after opening the store (untimed below): "
+             f"p50 {warm.get('p50_ms')} ms, p99 {warm.get('p99_ms')} ms", header]
     for kind, modes in entry["queries"].items():
         for mode, q in modes.items():
             if mode == "cached":

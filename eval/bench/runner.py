@@ -55,6 +55,8 @@ class BenchConfig:
     sections: tuple[str, ...] = SECTIONS
     work_dir: Path = Path("var/bench")
     keep_stores: bool = False
+    reuse_stores: bool = False  # query a kept store of the same size instead of loading it again
+    warmup: int = 100  # untimed queries first (their cold latency is reported apart)
     min_seconds: float = 2.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -99,8 +101,13 @@ def _torch_dtype(name: str):
 
 
 def _encoders(settings: Settings, main: Encoder, config: BenchConfig, native_bf16: bool) -> dict[str, Encoder]:
-    """One encoder per precision to compare (bf16 only where the CPU has it); the main one reused."""
-    main_name = PRECISION_NAMES[str(main.dtype).replace("torch.", "")]
+    """One encoder per precision to compare (bf16 only where the CPU has it); the main one reused.
+
+    The default ('auto') on a CPU with native bf16 runs the text tower in bf16 and the image
+    tower in fp32: it is measured as 'auto', beside pure fp32 and pure bf16.
+    """
+    mixed = main.text_dtype is not None and main.text_dtype != main.dtype
+    main_name = "auto" if mixed else PRECISION_NAMES[str(main.dtype).replace("torch.", "")]
     out = {}
     for name in config.precisions:
         if name == main_name:
@@ -109,6 +116,8 @@ def _encoders(settings: Settings, main: Encoder, config: BenchConfig, native_bf1
             continue
         else:
             out[name] = load_encoder(settings.model.model_copy(update={"precision": name}))
+    if mixed:
+        out["auto"] = main
     return out or {main_name: main}
 
 
@@ -133,7 +142,7 @@ def _encoder_section(encoders: dict[str, Encoder], ceilings: dict[str, float], c
 def _scale_section(settings: Settings, encoder: Encoder, config: BenchConfig, say) -> dict:
     say(f"real embeddings of {config.source_products} products (cached in {config.work_dir})")
     real = real_embeddings(encoder, config.catalog, config.source_products, config.work_dir)
-    plan = plan_queries(real, config.queries, config.seed)
+    plan = plan_queries(real, config.queries, config.seed, config.warmup)
     out = {"source_products": len(real)}
     for size in config.sizes:
         out[str(size)] = _one_size(settings, encoder, config, real, plan, size, say)
@@ -146,25 +155,13 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
     synthetic = replicate(real, size, config.noise, config.seed)
     copies = _copy_cosines(real, synthetic)
     folder = config.work_dir / f"store-{size}"
-    shutil.rmtree(folder, ignore_errors=True)
     store_settings = StoreSettings(path=folder, hnsw_ef=settings.store.hnsw_ef)
-    gc.collect()
-    rss_before, anonymous_before = rss_bytes(), anonymous_rss_bytes()
     try:
-        with open_store(store_settings, encoder.info) as store:
-            say(f"{size:,} products: bulk load")
-            load = bulk_load(store, real, synthetic, config.load_batch)
-            gc.collect()
-            load["rss_bytes_per_product"] = round((rss_bytes() - rss_before) / size, 1)
-            anonymous = anonymous_rss_bytes()
-            if anonymous is not None and anonymous_before is not None:
-                load["rss_anonymous_bytes_per_product"] = round((anonymous - anonymous_before) / size, 1)
-        load["disk_bytes_per_product"] = round(dir_bytes(folder) / size, 1)
-        raw = 4 * (synthetic.image.shape[1] + synthetic.text.shape[1] + SENTENCE_DIM)  # stored as float32
-        raw += 2 * synthetic.look.shape[1] if synthetic.look is not None else 0  # stored as float16
-        load["raw_vector_bytes_per_product"] = raw
-        load["rss_over_raw"] = round(load["rss_bytes_per_product"] / raw, 2)
-        load["disk_over_raw"] = round(load["disk_bytes_per_product"] / raw, 2)
+        if config.reuse_stores and _holds(store_settings, encoder, size):
+            say(f"{size:,} products: reusing the store in {folder}")
+            load = {"reused": True, "products": size, "disk_bytes_per_product": round(dir_bytes(folder) / size, 1)}
+        else:
+            load = _load(store_settings, folder, encoder, real, synthetic, config, size, say)
         started = time.perf_counter()
         with open_store(store_settings, encoder.info) as store:
             load["reopen_s"] = round(time.perf_counter() - started, 2)
@@ -173,11 +170,43 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
             queries, probes = run_queries(searcher, real, synthetic, plan, config.cached_repeats)
             say(f"{size:,} products: hnsw_ef sweep")
             sweep = ef_sweep(searcher, probes, list(config.ef_sweep))
+        warmup = queries.pop("warmup")
     finally:
-        if not config.keep_stores:
+        if not (config.keep_stores or config.reuse_stores):
             shutil.rmtree(folder, ignore_errors=True)
-    return {"load": load, "queries": queries, "hnsw_ef_sweep": sweep, "hnsw_ef": settings.store.hnsw_ef,
+    return {"load": load, "warmup": warmup, "queries": queries, "hnsw_ef_sweep": sweep, "hnsw_ef": settings.store.hnsw_ef,
             "noise": synthetic.noise, "copy_cosine_to_source": copies}
+
+
+def _holds(store_settings: StoreSettings, encoder: Encoder, size: int) -> bool:
+    """Whether a kept benchmark store of this size is there to query again."""
+    if not (store_settings.path / store_settings.collection / "snapshop.json").exists():
+        return False
+    with open_store(store_settings, encoder.info) as store:
+        return store.count() == size
+
+
+def _load(store_settings: StoreSettings, folder: Path, encoder: Encoder, real, synthetic, config: BenchConfig,
+          size: int, say) -> dict:
+    """Bulk load ``size`` products into a new store: time, memory and disk per product."""
+    shutil.rmtree(folder, ignore_errors=True)
+    gc.collect()
+    rss_before, anonymous_before = rss_bytes(), anonymous_rss_bytes()
+    with open_store(store_settings, encoder.info) as store:
+        say(f"{size:,} products: bulk load")
+        load = bulk_load(store, real, synthetic, config.load_batch)
+        gc.collect()
+        load["rss_bytes_per_product"] = round((rss_bytes() - rss_before) / size, 1)
+        anonymous = anonymous_rss_bytes()
+        if anonymous is not None and anonymous_before is not None:
+            load["rss_anonymous_bytes_per_product"] = round((anonymous - anonymous_before) / size, 1)
+    load["disk_bytes_per_product"] = round(dir_bytes(folder) / size, 1)
+    raw = 4 * (synthetic.image.shape[1] + synthetic.text.shape[1] + SENTENCE_DIM)  # stored as float32
+    raw += 2 * synthetic.look.shape[1] if synthetic.look is not None else 0  # stored as float16
+    load["raw_vector_bytes_per_product"] = raw
+    load["rss_over_raw"] = round(load["rss_bytes_per_product"] / raw, 2)
+    load["disk_over_raw"] = round(load["disk_bytes_per_product"] / raw, 2)
+    return load
 
 
 def _copy_cosines(real, synthetic, sample: int = 20_000) -> dict[str, float]:
