@@ -98,6 +98,10 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
         if unexpected:
             raise ModelWeightsMissing(f"{heads_path}: tensors the model does not have: {unexpected[:5]}")
         metadata = checkpoint.get("metadata", {})
+        if "look_head" in checkpoint:  # the appearance head (engine.look_head), when trained
+            from engine.look_head import LookHead
+
+            model.look_head = LookHead.from_checkpoint(checkpoint["look_head"], metadata["look_head"])
     model.eval()
     preprocess_cfg = merge_preprocess_dict(PreprocessCfg(), config.get("preprocess_cfg", {}))
     preprocess = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)

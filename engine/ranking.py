@@ -34,7 +34,7 @@ class RankerWeights(BaseModel):
     """How much each signal counts; 0 switches it off. Merchandisers tune these."""
 
     image: float = Field(1.0, ge=0, le=10)
-    look: float = Field(8.0, ge=0, le=10)
+    look: float = Field(12.0, ge=0, le=25)
     caption: float = Field(0.3, ge=0, le=10)
     text: float = Field(0.5, ge=0, le=10)
     bm25: float = Field(0.3, ge=0, le=10)

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from engine.errors import InvalidImage
 from engine.images import load_image_file
 from engine.lit_model import build_lit_model, trainable_state
+from engine.look_head import LookConfig, pooled_features, train_look_head
 from engine.registry import resolve_model
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def train_lit_heads(
     config: TrainConfig = TrainConfig(),
     model_name: str = "snapshop-lit-fashion",
     progress: bool = True,
+    look: LookConfig | None = LookConfig(),
 ) -> TrainReport:
     """Train the heads of the registry model ``model_name`` and save them to ``out_path``."""
     started = time.perf_counter()
@@ -110,8 +112,59 @@ def train_lit_heads(
     metadata = {"model": model_name, "val_seed": config.seed, "val_fraction": config.val_fraction,
                 "report": {k: v for k, v in asdict(report).items() if k not in ("history", "skipped_images")},
                 "config": asdict(config), "calibration": calibration}
-    torch.save({"state_dict": best["state"], "metadata": metadata}, out_path)
+    checkpoint = {"state_dict": best["state"], "metadata": metadata}
+    if look is not None:
+        checkpoint = _with_look_head(checkpoint, model, preprocess, kept, val_ids, look, progress)
+    torch.save(checkpoint, out_path)
     return report
+
+
+def train_look_only(pairs: Sequence[TrainingPair], heads_path: Path, out_path: Path, look: LookConfig = LookConfig(),
+                    model_name: str = "snapshop-lit-fashion", progress: bool = True) -> dict:
+    """Add (or retrain) the appearance head of a trained heads checkpoint, keeping its other heads.
+
+    The validation split is the checkpoint's own, so neither head has seen those products.
+    """
+    spec = resolve_model(model_name)
+    if spec.kind != "lit":
+        raise ValueError(f"the appearance head belongs to a LiT model; '{model_name}' is {spec.kind}")
+    model, preprocess, _, metadata = build_lit_model(spec.config_path, heads_path)
+    checkpoint = torch.load(heads_path, map_location="cpu", weights_only=True)
+    ids = [pair.product_id for pair in pairs]
+    val_ids = split_validation(ids, metadata.get("val_fraction", 0.25), metadata.get("val_seed", 0))
+    checkpoint = _with_look_head({"state_dict": checkpoint["state_dict"], "metadata": metadata}, model, preprocess,
+                                 list(pairs), val_ids, look, progress)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, out_path)
+    return checkpoint["metadata"]["look_head"]["report"]
+
+
+def _with_look_head(checkpoint: dict, model, preprocess, pairs: list[TrainingPair], val_ids: set[str],
+                    look: LookConfig, progress: bool) -> dict:
+    """The checkpoint with an appearance head trained on the pairs' photos (engine.look_head)."""
+    trunk = model.visual.trunk.eval().to(memory_format=torch.channels_last)
+    readable = []
+    for pair in pairs:
+        try:
+            load_image_file(pair.image_path)
+            readable.append(pair)
+        except InvalidImage:
+            continue  # already reported by the heads' training, or by ingest
+    train = [p.image_path for p in readable if p.product_id not in val_ids]
+    val = [p.image_path for p in readable if p.product_id in val_ids]
+
+    def features(paths, shopper, seed, desc):
+        return pooled_features(trunk, preprocess, paths, load_image_file, look.p, shopper, seed, desc, progress)
+
+    head, report = train_look_head(
+        features(train, False, 0, "catalog photos"), features(train, True, look.views_seed, "shopper views"),
+        features(val, False, 0, "validation photos"), features(val, True, look.views_seed + 1, "validation views"),
+        look, progress,
+    )
+    metadata = {**checkpoint["metadata"],
+                "look_head": {"width": int(head.center.shape[0]), "dim": head.dim, "p": head.p, "report": report}}
+    # Half precision on disk (the weights are loaded back into fp32): 3.3 MB instead of 6.6 MB.
+    return {**checkpoint, "metadata": metadata, "look_head": {k: v.half() for k, v in head.state_dict().items()}}
 
 
 def _image_features(model, preprocess, pairs, hflip: bool, progress: bool):

@@ -198,10 +198,17 @@ def train(
     val_fraction: Annotated[float, typer.Option(help="Share of products held out for validation.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N products (quick runs).")] = None,
+    look: Annotated[bool, typer.Option(
+        help="Also train the appearance head (shopper photos against catalog photos).")] = True,
+    look_only: Annotated[bool, typer.Option(
+        help="Only (re)train the appearance head of the current heads (SNAPSHOP_MODEL__WEIGHTS or the "
+             "registry's), keeping them.")] = False,
     model: ModelOpt = None,
 ) -> None:
-    """Train the offline model's heads on a catalog's image-title pairs (LiT)."""
-    from engine.training import TrainConfig, TrainingPair, train_lit_heads
+    """Train the offline model's heads on a catalog's image-title pairs (LiT), and its appearance head."""
+    from engine.look_head import LookConfig
+    from engine.registry import resolve_model
+    from engine.training import TrainConfig, TrainingPair, train_lit_heads, train_look_only
     from ingest.catalog import read_catalog
     from ingest.pipeline import ImageLoader, ImageSourceError
 
@@ -215,8 +222,16 @@ def train(
                 pairs.append(TrainingPair(row.product_id, loader.resolve(row.images[0]), row.title))
             except ImageSourceError as e:
                 typer.echo(f"  skipped row {row.row}: {e}", err=True)
+        if look_only:
+            heads = settings.model.weights or resolve_model(settings.model.name).weights_path
+            report = train_look_only(pairs, heads, out, LookConfig(seed=seed), model_name=settings.model.name)
+            typer.echo(f"appearance head trained on the heads of {heads}; shopper views of "
+                       f"{report['val_products']} validation products, Recall@1 {report['before'].get('r1')} "
+                       f"-> {report['after'].get('r1')}\nwritten to {out}; use it with SNAPSHOP_MODEL__WEIGHTS={out}")
+            return
         config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed)
-        result = train_lit_heads(pairs, out, config, model_name=settings.model.name)
+        result = train_lit_heads(pairs, out, config, model_name=settings.model.name,
+                                 look=LookConfig(seed=seed) if look else None)
     except (SnapshopError, ValueError) as e:
         fail(str(e))
     typer.echo(

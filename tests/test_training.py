@@ -5,6 +5,8 @@ import torch
 from engine.encoder import load_encoder
 from engine.settings import ModelSettings
 from engine.training import TrainConfig, TrainingPair, retrieval_metrics, split_validation, train_lit_heads
+from engine.look_head import LookConfig, LookHead, train_look_head
+from engine.shopper_views import shopper_view
 from tests.conftest import FASHION, pick_products
 
 
@@ -21,8 +23,11 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
 
     checkpoint = torch.load(out, weights_only=True)
     assert all(name.startswith(("visual.head", "text.proj", "logit_scale")) for name in checkpoint["state_dict"])
+    look = checkpoint["metadata"]["look_head"]  # the appearance head is trained too, on the same split
+    assert look["report"]["val_products"] == 16 and {"r1", "r5"} <= set(look["report"]["after"])
     encoder = load_encoder(ModelSettings(weights=out))
     assert encoder.info.name == "snapshop-lit-fashion" and encoder.info.dim == 256
+    assert isinstance(encoder.model.look_head, LookHead) and encoder.info.look_dim == look["dim"] == 1280
     shipped = load_encoder(ModelSettings())
     assert encoder.info.version != shipped.info.version  # other heads, another model version
 
@@ -41,3 +46,42 @@ def test_retrieval_metrics_match_a_brute_force_count():
     assert metrics["r1"] == round(2 / 3, 4)
     assert metrics["mrr"] == round((1 + 0.5 + 1) / 3, 4)
     assert metrics["r10"] == 1.0
+
+
+def test_the_appearance_head_learns_to_ignore_what_shopper_photos_change():
+    """Features of shopper views differ from the catalog's along a few nuisance directions (the
+    background, the light); the head learns to ignore them and held-out products are found."""
+    generator = torch.Generator().manual_seed(0)
+    width, products = 64, 600
+    catalog = torch.randn(products, width, generator=generator).abs()
+    nuisance = torch.randn(4, width, generator=generator)
+    views = catalog + 3.0 * torch.randn(products, 4, generator=generator) @ nuisance
+    train, val = slice(0, 400), slice(400, None)
+    head, report = train_look_head(catalog[train], views[train], catalog[val], views[val],
+                                   LookConfig(epochs=40, batch_size=100, identity_pull=1e-4), progress=False)
+    assert report["val_products"] == 200
+    assert report["after"]["r1"] >= report["before"]["r1"] + 0.2, report
+    assert head.dim == width
+
+
+def test_an_untrained_appearance_head_is_the_pooled_features_themselves():
+    head = LookHead(32)
+    pooled = torch.rand(5, 32)
+    out = torch.nn.functional.normalize(head(pooled), dim=-1)
+    torch.testing.assert_close(out, torch.nn.functional.normalize(pooled, dim=-1))
+
+
+def test_shopper_views_move_the_product_off_the_studio_backdrop():
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    photo = Image.new("RGB", (200, 260), (255, 255, 255))
+    photo.paste((20, 40, 160), (60, 60, 140, 200))  # a blue product on white paper
+    views = [np.asarray(shopper_view(photo, random.Random(seed)).convert("RGB")) for seed in range(6)]
+    assert all(v.ndim == 3 and v.shape[2] == 3 for v in views)
+    # The white backdrop is replaced: no view is mostly white any more.
+    assert all((v.min(axis=2) > 240).mean() < 0.5 for v in views)
+    again = np.asarray(shopper_view(photo, random.Random(0)))
+    assert np.array_equal(again, views[0]) and not np.array_equal(views[0], views[1])

@@ -283,7 +283,9 @@ function weightSlider(signal) {
   swatch.style.background = SIGNAL_COLOURS[signal] || "#999";
   label.append(swatch, SIGNAL_LABELS[signal] || signal);
   const input = Object.assign(document.createElement("input"), {
-    type: "range", min: "0", max: "3", step: "0.05", id: `weight-${signal}`, value: state.weights[signal],
+    // Room above each default (the appearance weight's default is well above the others').
+    type: "range", min: "0", max: String(Math.max(3, 2 * state.defaults.weights[signal])), step: "0.05",
+    id: `weight-${signal}`, value: state.weights[signal],
   });
   input.dataset.signal = signal;
   const output = document.createElement("output");
