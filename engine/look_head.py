@@ -6,7 +6,7 @@ ignore what differs between a studio shot and a shopper's photo (background, fra
 ``engine.shopper_views``). It starts as the identity and is held near it, so what the trunk
 knew about other kinds of products is not lost: trained on fashion it lifted shopper-like
 fashion photos' Recall@1 from 0.86 to 0.94 while real grocery shelf photos stayed where
-they were (measured in docs/quality.md).
+they were (docs/quality.md).
 """
 
 from __future__ import annotations
