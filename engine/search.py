@@ -34,8 +34,11 @@ from engine.settings import SearchSettings
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters, VectorStore
 from engine.store.base import BM25_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, StoredProduct, VectorQuery
 
+# Candidates each signal brings: 4 per result wanted, at least 40. Measured on the validation
+# split (300 text and photo queries, k=10): 40, 48 and 64 give identical top-10 lists, and every
+# candidate costs scoring and a payload read.
 CANDIDATES_PER_RESULT = 4
-MIN_CANDIDATES = 64
+MIN_CANDIDATES = 40
 POPULARITY_FIELDS = ("popularity", "sales", "rating")
 # The payload fields ranking reads (a free catalog column sits under "fields").
 RANKING_FIELDS = ["product_id", "category", "price", *POPULARITY_FIELDS, *(f"fields.{n}" for n in POPULARITY_FIELDS)]

@@ -20,7 +20,7 @@ from eval.bench.corpus import RealEmbeddings, SyntheticCatalog, photo_vectors
 KINDS = ("text", "photo", "photo_text")
 MODES = ("unfiltered", "filtered")
 RECALL_K = 10
-ANN_LIMIT = 64  # what the engine asks each signal for (k * 4, at least 64)
+ANN_LIMIT = 40  # what the engine asks each signal for at k=10 (k * 4, at least 40)
 LOOK_RECALL_QUERIES = 25  # appearance vectors are 1,280-d: their exact search is the slow one
 MATRIX = {IMAGE_VECTOR: "image", TEXT_VECTOR: "text", SENTENCE_VECTOR: "sentence", LOOK_VECTOR: "look"}
 
