@@ -44,6 +44,8 @@ class LookHead(torch.nn.Module):
         return gem(feature_map, self.p)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        # GeM pools in fp32; the head runs in whatever precision the towers were put in.
+        pooled = pooled.to(self.proj.weight.dtype)
         return self.proj(torch.nn.functional.normalize(pooled, dim=-1) - self.center)
 
     @classmethod
