@@ -3,7 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export SNAPSHOP_STORE__PATH=${SNAPSHOP_STORE__PATH:-var/demo-store}
+if [ -z "${SNAPSHOP_STORE__PATH:-}" ]; then
+  export SNAPSHOP_STORE__PATH=var/demo-store
+  # The demo's own store is disposable: one an earlier model version made (refused as another
+  # model's vectors) is rebuilt. A store path you set yourself is never removed.
+  if [ -d "$SNAPSHOP_STORE__PATH" ] && ! .venv/bin/snapshop search --text demo --k 1 >/dev/null 2>&1; then
+    echo "rebuilding $SNAPSHOP_STORE__PATH (made by another model version)"
+    rm -rf "$SNAPSHOP_STORE__PATH"
+  fi
+fi
 run() { echo; echo "\$ snapshop $*"; .venv/bin/snapshop "$@"; }
 run ingest demo/catalog.csv
 run search --text "red floral summer dress" --k 5
