@@ -129,7 +129,9 @@ def _encoder_section(encoders: dict[str, Encoder], ceilings: dict[str, float], c
     out = {}
     for name, encoder in encoders.items():
         ceiling = ceilings.get(name, ceilings["fp32"])
-        out[name] = bench_encoder(encoder, images, titles, config.batches, ceiling, config.min_seconds)
+        text_name = PRECISION_NAMES[str(encoder.text_dtype or encoder.dtype).replace("torch.", "")]
+        out[name] = bench_encoder(encoder, images, titles, config.batches, ceiling, config.min_seconds,
+                                  text_ceiling_gflops=ceilings.get(text_name, ceiling))
     if "fp32" in out:
         for name in out:
             for kind in ("image", "text"):
