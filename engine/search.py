@@ -212,7 +212,10 @@ class Searcher:
         # With a photo, words ("in black") describe a change, not a product: the titles nearest to
         # them are any product in black, so they only score what the photo and BM25 found. (Their
         # HNSW search was also the one unsure of its top 10: recall@10 0.83 at 100k products.)
-        gather = [query for name, query in signals.items() if not (name == "text" and q.has_photo)]
+        # The query against titles in the joint space (caption) only scores, always: the photos
+        # in that space, the sentences and BM25 already bring every product it would.
+        gather = [query for name, query in signals.items()
+                  if name != "caption" and not (name == "text" and q.has_photo)]
         if q.personal is not None:
             gather.append(VectorQuery(IMAGE_VECTOR, _mean_direction(q.personal), limit=limit // 2))
         found = self.store.search_many(gather, filters, limit)

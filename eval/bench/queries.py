@@ -180,7 +180,9 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
         started = time.perf_counter()
         searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT)
         ann_latencies.append(time.perf_counter() - started)
-        searches = [(IMAGE_VECTOR, visual, exact_images), (TEXT_VECTOR, visual, None)]
+        # The HNSW searches the engine makes for this query (engine.search: the joint-space title
+        # vector only scores candidates, it does not gather them).
+        searches = [(IMAGE_VECTOR, visual, exact_images)]
         if sentence is not None and query.image is None:  # with a photo, the words only score (engine.search)
             searches.append((SENTENCE_VECTOR, sentence, None))
         if look is not None and synthetic.look is not None and len(recalls[LOOK_VECTOR]) < LOOK_RECALL_QUERIES:
