@@ -77,9 +77,10 @@ class Background:
         return squash(self.z(raw))
 
 
-def squash(z: float) -> float:
-    """Evidence in standard deviations onto [0, 1]: 0.5 at Z_CENTER."""
-    return 1.0 / (1.0 + math.exp(-max(-40.0, min(40.0, (z - Z_CENTER) / Z_SCALE))))
+def squash(z):
+    """Evidence in standard deviations onto [0, 1]: 0.5 at Z_CENTER. One value or an array."""
+    out = 1.0 / (1.0 + np.exp(-np.clip((np.asarray(z, dtype=np.float64) - Z_CENTER) / Z_SCALE, -40.0, 40.0)))
+    return float(out) if out.ndim == 0 else out
 
 
 def bounded(value: float) -> float:
@@ -118,8 +119,7 @@ def fused_scores(evidence: np.ndarray, weights: RankerWeights) -> np.ndarray:
     present = ~np.isnan(evidence) & (w > 0)
     total = (present * w).sum(axis=1)
     fused = np.where(present, evidence, 0.0) @ w / np.where(total > 0, total, 1.0)
-    z = np.clip((fused - Z_CENTER) / Z_SCALE, -40.0, 40.0)
-    return np.where(total > 0, 1.0 / (1.0 + np.exp(-z)), 0.0)
+    return np.where(total > 0, squash(fused), 0.0)
 
 
 def price_closeness(price: float | None, target: float) -> float:

@@ -151,7 +151,7 @@ class Searcher:
                 negative_ids: tuple[str, ...] = ()) -> list[SearchResult]:
         """More like ``product_id`` (and less like ``negative_ids``), itself excluded: Qdrant recommend."""
         self._check_k(k)
-        stored = self.store.get([product_id, *negative_ids], with_vectors=True)
+        stored = self.store.get([product_id, *negative_ids], with_vectors=[IMAGE_VECTOR])
         if product_id not in stored or stored[product_id].image_vectors is None:
             raise ProductNotFound(f"no product with id '{product_id}'")
         missing = [pid for pid in negative_ids if pid not in stored]
@@ -343,7 +343,7 @@ class Searcher:
     def _history_vector(self, history: tuple[str, ...]) -> np.ndarray | None:
         if not history:
             return None
-        stored = self.store.get(list(history)[:50], with_vectors=True)
+        stored = self.store.get(list(history)[:50], with_vectors=[IMAGE_VECTOR])
         vectors = [_mean_direction(v.image_vectors) for v in stored.values() if v.image_vectors is not None]
         return np.stack(vectors) if vectors else None
 

@@ -132,8 +132,17 @@ def train_look_only(pairs: Sequence[TrainingPair], heads_path: Path, out_path: P
     checkpoint = torch.load(heads_path, map_location="cpu", weights_only=True)
     ids = [pair.product_id for pair in pairs]
     val_ids = split_validation(ids, metadata.get("val_fraction", 0.25), metadata.get("val_seed", 0))
+    readable = []
+    for pair in pairs:  # train_lit_heads passes only the photos its features were made of
+        try:
+            load_image_file(pair.image_path)
+            readable.append(pair)
+        except InvalidImage:
+            continue
+    if len(readable) < len(pairs):
+        log.warning("%d photos could not be read and were left out of training", len(pairs) - len(readable))
     checkpoint = _with_look_head({"state_dict": checkpoint["state_dict"], "metadata": metadata}, model, preprocess,
-                                 list(pairs), val_ids, look, progress)
+                                 readable, val_ids, look, progress)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, out_path)
     return checkpoint["metadata"]["look_head"]["report"]
@@ -141,17 +150,11 @@ def train_look_only(pairs: Sequence[TrainingPair], heads_path: Path, out_path: P
 
 def _with_look_head(checkpoint: dict, model, preprocess, pairs: list[TrainingPair], val_ids: set[str],
                     look: LookConfig, progress: bool) -> dict:
-    """The checkpoint with an appearance head trained on the pairs' photos (engine.look_head)."""
+    """The checkpoint with an appearance head trained on the pairs' photos (engine.look_head);
+    every photo must be readable."""
     trunk = model.visual.trunk.eval().to(memory_format=torch.channels_last)
-    readable = []
-    for pair in pairs:
-        try:
-            load_image_file(pair.image_path)
-            readable.append(pair)
-        except InvalidImage:
-            continue  # already reported by the heads' training, or by ingest
-    train = [p.image_path for p in readable if p.product_id not in val_ids]
-    val = [p.image_path for p in readable if p.product_id in val_ids]
+    train = [p.image_path for p in pairs if p.product_id not in val_ids]
+    val = [p.image_path for p in pairs if p.product_id in val_ids]
 
     def features(paths, shopper, seed, desc):
         return pooled_features(trunk, preprocess, paths, load_image_file, look.p, shopper, seed, desc, progress)

@@ -106,6 +106,7 @@ def test_a_qdrant_url_that_does_not_answer_is_a_clear_error():
 def test_bm25_terms_sampling_recommend_and_price_extremes(settings):
     """The calls the hybrid ranker makes, on both back ends."""
     from engine.lexical import query_terms, title_terms
+    from engine.store.base import BM25_VECTOR, VectorQuery
 
     points = products()
     for point in points:
@@ -114,9 +115,12 @@ def test_bm25_terms_sampling_recommend_and_price_extremes(settings):
         point.sentence_vector[0] = 1.0
     with open_store(settings, INFO) as store:
         store.upsert(points)
-        hits = store.query_terms(query_terms("black shirts"), SearchFilters(), 10)
-        assert hits[0].product_id == "shirt-2" and {h.product_id for h in hits} == {"shirt-1", "shirt-2"}
-        assert store.query_terms(query_terms("steel"), SearchFilters(categories=("Shirts",)), 10) == []
+        words, steel = store.search_many([VectorQuery(BM25_VECTOR, terms=query_terms("black shirts"))], SearchFilters(),
+                                         10)[0], store.search_many([VectorQuery(BM25_VECTOR, terms=query_terms("steel"))],
+                                                                   SearchFilters(categories=("Shirts",)), 10)[0]
+        names = {key: r.product_id for key, r in store.records([key for key, _ in words]).items()}
+        assert names[words[0][0]] == "shirt-2" and set(names.values()) == {"shirt-1", "shirt-2"}
+        assert steel == []
         sample = store.sample(10)
         assert {p.product_id for p in sample} == {"shirt-1", "shirt-2", "watch-1"}
         assert all(p.image_vectors is not None and p.sentence_vector.shape == (384,) for p in sample)

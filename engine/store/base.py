@@ -138,11 +138,6 @@ class VectorStore(ABC):
     ) -> list[Hit]:
         """Nearest products to ``vector`` on the named vector ``using``."""
 
-    @abstractmethod
-    def query_terms(self, terms: tuple[list[int], list[float]], filters: SearchFilters, limit: int,
-                    with_vectors: bool = False) -> list[Hit]:
-        """Products whose titles best match ``terms`` by BM25."""
-
     # The ranker's calls. They speak in point keys (Qdrant's own ids, whatever type the client
     # gives them) rather than product ids: a key needs no payload read to be known, and only the
     # candidates that are ranked have their payload read, and only the fields ranking needs.

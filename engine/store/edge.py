@@ -230,16 +230,6 @@ class EdgeStore(VectorStore):
         )
         return self._hits(request)
 
-    def query_terms(self, terms, filters, limit, with_vectors=False) -> list[Hit]:
-        if not terms[0]:
-            return []
-        request = qe.QueryRequest(
-            limit=limit,
-            query=qe.Query.Nearest(qe.SparseVector(indices=terms[0], values=terms[1]), using=BM25_VECTOR),
-            filter=_filter(filters), with_payload=True, with_vector=with_vectors,
-        )
-        return self._hits(request)
-
     def search_many(self, queries, filters, limit):
         if not queries:
             return []

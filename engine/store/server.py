@@ -134,15 +134,6 @@ class ServerStore(VectorStore):
         )
         return _hits(response)
 
-    def query_terms(self, terms, filters, limit, with_vectors=False) -> list[Hit]:
-        if not terms[0]:
-            return []
-        response = self.client.query_points(
-            self.collection, query=qm.SparseVector(indices=terms[0], values=terms[1]), using=BM25_VECTOR,
-            query_filter=_filter(filters), limit=limit, with_payload=True, with_vectors=with_vectors,
-        )
-        return _hits(response)
-
     def search_many(self, queries, filters, limit):
         if not queries:
             return []
