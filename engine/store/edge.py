@@ -34,10 +34,12 @@ from engine.errors import StoreError, StoreUnavailable
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
+    GRAPH_FIELDS,
     IMAGE_VECTOR,
     KEYWORD_FIELDS,
     LOOK_VECTOR,
     SENTENCE_DIM,
+    SCORE_ONLY_VECTORS,
     SENTENCE_VECTOR,
     TEXT_VECTOR,
     Hit,
@@ -54,6 +56,14 @@ from engine.store.base import (
 )
 
 BOOKKEEPING = ["product_id", "content_hash", "meta_hash"]
+
+
+def _graph(m: int = 16) -> qe.HnswIndexConfig:
+    """Qdrant's default graph: m 16, ef_construct 100, full scan under 10 MB, threads chosen by Qdrant."""
+    return qe.HnswIndexConfig(m=m, ef_construct=100, full_scan_threshold=10_000)
+
+
+_NO_GRAPH = _graph(m=0)  # m 0: no HNSW graph for this vector, its searches are exact over their filter
 
 
 class EdgeStore(VectorStore):
@@ -99,9 +109,11 @@ class EdgeStore(VectorStore):
                 self._discard_unfinished(shard_path)
             self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path), self._config(info)))
             for name in KEYWORD_FIELDS:
-                self.shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
+                params = qe.KeywordIndexParams(enable_hnsw=name in GRAPH_FIELDS)
+                self.shard.update(qe.UpdateOperation.create_field_index(name, params))
             for name in FLOAT_FIELDS:
-                self.shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Float))
+                params = qe.FloatIndexParams(enable_hnsw=name in GRAPH_FIELDS)
+                self.shard.update(qe.UpdateOperation.create_field_index(name, params))
             # Written last, and atomically: a store without it is an unfinished creation.
             _write_atomically(meta_path, json.dumps(model_record(info), indent=2))
 
@@ -157,25 +169,25 @@ class EdgeStore(VectorStore):
     @staticmethod
     def _config(info: ModelInfo) -> qe.EdgeConfig:
         dim = info.dim
-        look = {}
+
+        def dense(size: int, name: str, **kw) -> qe.EdgeVectorParams:
+            graph = _NO_GRAPH if name in SCORE_ONLY_VECTORS else None
+            return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, hnsw_config=graph, **kw)
+
+        maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
+        vectors = {
+            IMAGE_VECTOR: dense(dim, IMAGE_VECTOR, multivector_config=maxsim),
+            TEXT_VECTOR: dense(dim, TEXT_VECTOR),
+            SENTENCE_VECTOR: dense(SENTENCE_DIM, SENTENCE_VECTOR),
+        }
         if info.look_dim:
             # Half precision: appearance vectors are 5x the joint ones, and fp16 loses no ranking.
-            look[LOOK_VECTOR] = qe.EdgeVectorParams(
-                size=info.look_dim, distance=qe.Distance.Cosine, datatype=qe.VectorStorageDatatype.Float16,
-                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-            )
+            vectors[LOOK_VECTOR] = dense(info.look_dim, LOOK_VECTOR, multivector_config=maxsim,
+                                         datatype=qe.VectorStorageDatatype.Float16)
         return qe.EdgeConfig(
-            vectors={
-                **look,
-                IMAGE_VECTOR: qe.EdgeVectorParams(
-                    size=dim,
-                    distance=qe.Distance.Cosine,
-                    multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-                ),
-                TEXT_VECTOR: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine),
-                SENTENCE_VECTOR: qe.EdgeVectorParams(size=SENTENCE_DIM, distance=qe.Distance.Cosine),
-            },
+            vectors=vectors,
             sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            hnsw_config=_graph(),
         )
 
     # --- writes -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from engine.store.base import (
     IMAGE_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
+    GRAPH_FIELDS,
     KEYWORD_FIELDS,
     LOOK_VECTOR,
     TEXT_VECTOR,
@@ -75,7 +76,9 @@ class ServerStore(VectorStore):
                     size=info.dim, distance=qm.Distance.COSINE,
                     multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
                 ),
-                TEXT_VECTOR: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE),
+                # Only scores candidates (engine.search), so no HNSW graph is built for it.
+                TEXT_VECTOR: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE,
+                                             hnsw_config=qm.HnswConfigDiff(m=0)),
                 SENTENCE_VECTOR: qm.VectorParams(size=SENTENCE_DIM, distance=qm.Distance.COSINE),
                 **({LOOK_VECTOR: qm.VectorParams(
                     size=info.look_dim, distance=qm.Distance.COSINE, datatype=qm.Datatype.FLOAT16,
@@ -87,10 +90,13 @@ class ServerStore(VectorStore):
             replication_factor=self.replication_factor,
             metadata=model_record(info),
         )
+        # Payload-aware HNSW links only for GRAPH_FIELDS (engine.store.base says why).
         for name in KEYWORD_FIELDS:
-            self.client.create_payload_index(self.collection, name, qm.PayloadSchemaType.KEYWORD)
+            self.client.create_payload_index(self.collection, name, qm.KeywordIndexParams(
+                type=qm.KeywordIndexType.KEYWORD, enable_hnsw=name in GRAPH_FIELDS))
         for name in FLOAT_FIELDS:
-            self.client.create_payload_index(self.collection, name, qm.PayloadSchemaType.FLOAT)
+            self.client.create_payload_index(self.collection, name, qm.FloatIndexParams(
+                type=qm.FloatIndexType.FLOAT, enable_hnsw=name in GRAPH_FIELDS))
 
     def upsert(self, points: list[ProductPoint]) -> None:
         if not points:
