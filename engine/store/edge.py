@@ -238,7 +238,7 @@ class EdgeStore(VectorStore):
             filter=_filter(filters),
             with_payload=True,
             with_vector=with_vectors,
-            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit)),
         )
         return self._hits(request)
 
@@ -248,7 +248,7 @@ class EdgeStore(VectorStore):
         condition = _filter(filters)
         requests = [qe.QueryRequest(limit=q.limit or limit, query=self._nearest(q), filter=condition,
                                     with_payload=False, with_vector=False,
-                                    params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, q.limit or limit)))
+                                    params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit)))
                     for q in queries]
         answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(p.id, p.score) for p in points] for points in answers]

@@ -136,7 +136,7 @@ class ServerStore(VectorStore):
             query_vector = [query_vector]
         response = self.client.query_points(
             self.collection, query=query_vector, using=using, query_filter=_filter(filters), limit=limit,
-            with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+            with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit)),
         )
         return _hits(response)
 
@@ -146,7 +146,7 @@ class ServerStore(VectorStore):
         condition = _filter(filters)
         requests = [qm.QueryRequest(query=_nearest(q), using=q.using, filter=condition, limit=q.limit or limit,
                                     with_payload=False, with_vector=False,
-                                    params=qm.SearchParams(hnsw_ef=max(self.hnsw_ef, q.limit or limit)))
+                                    params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit)))
                     for q in queries]
         answers = self.client.query_batch_points(self.collection, requests=requests)
         return [[(p.id, p.score) for p in answer.points] for answer in answers]

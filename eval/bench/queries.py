@@ -246,7 +246,8 @@ def ef_sweep(searcher: Searcher, probes, efs: list[int]) -> dict:
                 latencies.append(time.perf_counter() - started)
                 recalls.append(_overlap(hits, exact))
             for using, (recalls, latencies) in found.items():
-                out.setdefault(using, {})[str(ef)] = {"recall@10": round(float(np.mean(recalls)), 4),
+                # Keyed by the breadth this vector really searched with (engine.store.base.EF_MULTIPLE).
+                out.setdefault(using, {})[str(store.ef_for(using, RECALL_K))] = {"recall@10": round(float(np.mean(recalls)), 4),
                                                       **_percentiles(latencies)}
     finally:
         store.hnsw_ef = saved
