@@ -33,12 +33,12 @@ SIGNALS = ("image", "look", "caption", "text", "bm25", "category", "price", "pop
 class RankerWeights(BaseModel):
     """How much each signal counts; 0 switches it off. Merchandisers tune these."""
 
-    image: float = Field(1.0, ge=0, le=10)
+    image: float = Field(0.5, ge=0, le=10)
     look: float = Field(12.0, ge=0, le=25)
     caption: float = Field(0.3, ge=0, le=10)
     text: float = Field(0.5, ge=0, le=10)
     bm25: float = Field(0.3, ge=0, le=10)
-    category: float = Field(0.3, ge=0, le=10)
+    category: float = Field(0.8, ge=0, le=10)
     price: float = Field(0.5, ge=0, le=10)
     popularity: float = Field(0.0, ge=0, le=10)
     personal: float = Field(0.5, ge=0, le=10)
