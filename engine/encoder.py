@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -57,16 +59,21 @@ class Encoder:
     # The last text batch's pooled tower output, keyed by its texts: a title's joint-space vector
     # and its sentence vector come from one transformer pass (see _pooled).
     _pooled_memo: tuple | None = field(default=None, repr=False, compare=False)
+    _pool: tuple | None = field(default=None, repr=False, compare=False)  # (workers, executor), see _chunked
 
-    @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector per image, shape (n, dim)."""
         out = np.zeros((len(images), self.info.dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            with self._threads_for(len(chunk)):
-                out[start : start + len(chunk)] = self._normalise(self.model.encode_image(self._pixels(chunk)))
+
+        def encode(start: int, chunk: Sequence[Image.Image]) -> None:
+            out[start : start + len(chunk)] = self._image_chunk(chunk)
+
+        self._chunked(images, encode)
         return out
+
+    @torch.inference_mode()
+    def _image_chunk(self, chunk: Sequence[Image.Image]) -> np.ndarray:
+        return self._normalise(self.model.encode_image(self._pixels(chunk)))
 
     def _pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocessed images as one batch on the device, in the towers' precision and layout."""
@@ -76,7 +83,6 @@ class Encoder:
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         return pixels.contiguous(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def encode_photos(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Joint-space vectors and appearance vectors of photos, from one pass of the image tower.
 
@@ -85,6 +91,11 @@ class Encoder:
         space for telling a shopper's photo of *this* product from its look-alikes (measured here
         on shopper-like photos of 2,000 products: Recall@1 0.84 pooled, 0.94 with the head, 0.60
         in the joint space). Models without a separate trunk return their joint vector for both.
+
+        On a CPU with several threads, a batch is cut into chunks of ``CPU_PHOTO_CHUNK`` photos
+        encoded side by side, one thread each: a convolution over 32 photos at once streams
+        activations far bigger than the caches and waits on its threads at every layer. Measured
+        here on 2 cores, 192 photos: 35 photos/s batched on 2 threads, 70/s as chunks of 4.
         """
         trunk = getattr(getattr(self.model, "visual", None), "trunk", None)
         if trunk is None or not hasattr(trunk, "forward_features"):
@@ -92,16 +103,44 @@ class Encoder:
             return joint, joint
         joint = np.zeros((len(images), self.info.dim), dtype=np.float32)
         look = np.zeros((len(images), self.info.look_dim), dtype=np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            with self._threads_for(len(chunk)):
-                pixels = self._pixels(chunk)
-                feature_map = trunk.forward_features(pixels)
-                joint[start : start + len(chunk)] = self._normalise(self.model.visual.head(trunk.forward_head(feature_map)))
-                head = getattr(self.model, "look_head", None)
-                appearance = head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0)
-                look[start : start + len(chunk)] = self._normalise(appearance)
+
+        def encode(start: int, chunk: Sequence[Image.Image]) -> None:
+            joint[start : start + len(chunk)], look[start : start + len(chunk)] = self._photo_chunk(trunk, chunk)
+
+        self._chunked(images, encode)
         return joint, look
+
+    @torch.inference_mode()
+    def _photo_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = self._pixels(chunk)
+        feature_map = trunk.forward_features(pixels)
+        joint = self._normalise(self.model.visual.head(trunk.forward_head(feature_map)))
+        head = getattr(self.model, "look_head", None)
+        appearance = head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0)
+        return joint, self._normalise(appearance)
+
+    def _chunked(self, items: Sequence, encode) -> None:
+        """Call ``encode(start, chunk)`` over ``items``: on a multi-threaded CPU as small chunks on
+        parallel one-thread workers (see ``encode_photos``), elsewhere as the batch size's chunks."""
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if workers == 1 or len(items) <= QUERY_BATCH:
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                with self._threads_for(len(chunk)):
+                    encode(start, chunk)
+            return
+        pool = self._photo_pool(workers)
+        starts = range(0, len(items), CPU_PHOTO_CHUNK)
+        for done in [pool.submit(encode, start, items[start : start + CPU_PHOTO_CHUNK]) for start in starts]:
+            done.result()
+
+    def _photo_pool(self, workers: int) -> ThreadPoolExecutor:
+        with _POOL_LOCK:
+            if self._pool is None or self._pool[0] != workers:
+                # The thread count is per thread: each worker computes on its own one.
+                self._pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="encode",
+                                                          initializer=torch.set_num_threads, initargs=(1,)))
+            return self._pool[1]
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -253,6 +292,10 @@ def pick_device(requested: str) -> torch.device:
 
 # Batches up to this size (a query's photo or text) are encoded on one CPU thread (_threads_for).
 QUERY_BATCH = 2
+# Photos per forward pass of one CPU worker (Encoder._chunked): 1, 2, 4 and 8 gave 63, 69, 70 and
+# 66 photos/s on 2 cores, against 35/s for one batch of 32 on both threads.
+CPU_PHOTO_CHUNK = 4
+_POOL_LOCK = threading.Lock()
 # Images per forward pass on a GPU when the batch size is not set: a GPU is only busy with
 # hundreds at once, while on a CPU larger batches than the default gain little.
 GPU_BATCH_SIZE = 256

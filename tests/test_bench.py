@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -205,26 +207,38 @@ def test_text_vectors_are_the_same_with_dynamic_padding_and_one_pass(encoder):
 
 
 class _ThreadRecorder(torch.nn.Module):
-    """A model that notes how many threads torch may use for each batch it encodes."""
+    """A model that notes, for each batch it encodes, its size, the calling thread and how many
+    threads torch may use there."""
 
     def __init__(self):
         super().__init__()
         self.threads: list[int] = []
+        self.calls: list[tuple[int, str]] = []
 
     def encode_image(self, pixels):
         self.threads.append(torch.get_num_threads())
+        self.calls.append((len(pixels), threading.current_thread().name))
         return torch.ones(len(pixels), 4)
 
 
-def test_a_query_sized_batch_is_encoded_on_one_thread_and_a_big_one_on_all():
+def test_a_query_sized_batch_is_encoded_on_one_thread_and_a_big_one_in_parallel_chunks():
+    """A query's photo on the caller's thread, limited to one CPU thread; a catalog's batch as
+    chunks of CPU_PHOTO_CHUNK on parallel one-thread workers (twice the photos/s here)."""
+    from engine.encoder import CPU_PHOTO_CHUNK
+
     model = _ThreadRecorder()
     encoder = Encoder(model, lambda image: torch.zeros(3, 4, 4), None, ModelInfo("m", "1", 4), torch.device("cpu"), 8)
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        encoder.encode_images([None])
-        encoder.encode_images([None] * 8)
-        assert model.threads == [1, 2] and torch.get_num_threads() == 2
+        assert encoder.encode_images([None]).shape == (1, 4)
+        assert model.calls[0][1] == threading.current_thread().name and model.threads == [1]
+        vectors = encoder.encode_images([None] * (2 * CPU_PHOTO_CHUNK + 1))
+        assert vectors.shape == (2 * CPU_PHOTO_CHUNK + 1, 4) and np.allclose(vectors, 0.5)  # every row written
+        chunks = model.calls[1:]
+        assert sorted(size for size, _ in chunks) == [1, CPU_PHOTO_CHUNK, CPU_PHOTO_CHUNK]
+        assert all(name.startswith("encode") for _, name in chunks) and model.threads[1:] == [1, 1, 1]
+        assert torch.get_num_threads() == 2  # the caller keeps its threads
     finally:
         torch.set_num_threads(saved)
 
