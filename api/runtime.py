@@ -9,6 +9,7 @@ payload must not interleave with another write.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -60,4 +61,8 @@ async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> R
 
 def _open_engine(settings: Settings, encoder: Encoder | None) -> tuple[Encoder, VectorStore]:
     encoder = encoder or load_encoder(settings.model)
-    return encoder, open_store(settings.store, encoder.info)
+    store = open_store(settings.store, encoder.info)
+    # The store's files are read into memory behind the server's back: it answers at once, and
+    # the first shoppers' searches stop paying for disk reads as soon as the reading is done.
+    threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
+    return encoder, store

@@ -185,3 +185,18 @@ def test_graphs_are_built_only_where_search_walks_them(settings):
         assert graphs[TEXT_VECTOR] == 0 and graphs[IMAGE_VECTOR] == 16
         # Searches on it stay exact: the title vector still finds its product.
         assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), TEXT_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
+
+
+def test_warming_reads_the_embedded_store_into_memory(settings):
+    """The API warms its store at start: the embedded one reads every segment file once (the
+    first shoppers' searches then find vectors and graphs in memory); a server warms itself."""
+    with open_store(settings, INFO) as store:
+        store.upsert(products())
+        read = store.warm()
+        if settings.url is None:
+            segments = settings.path / settings.collection / "shard" / "segments"
+            on_disk = sum(p.stat().st_size for p in segments.rglob("*") if p.is_file())
+            assert read == on_disk > 0
+        else:
+            assert read == 0
+        assert store.query(unit(1, 0, 0, 0, 0, 0, 0, 0), IMAGE_VECTOR, SearchFilters(), 1)[0].product_id == "shirt-1"

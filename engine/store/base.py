@@ -202,6 +202,11 @@ class VectorStore(ABC):
     def optimize(self) -> None:
         """Build indexes after a bulk write (embedded store); a server does this by itself."""
 
+    def warm(self) -> int:
+        """Read the store's files into the page cache; returns the bytes read. A server keeps
+        its own collections warm, so only the embedded store has anything to do."""
+        return 0
+
     @abstractmethod
     def close(self) -> None: ...
 

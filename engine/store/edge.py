@@ -211,6 +211,21 @@ class EdgeStore(VectorStore):
             with self._write_lock:
                 self.shard.update(qe.UpdateOperation.delete_points(ids))
 
+    def warm(self) -> int:
+        """Read every segment file once, so the first searches do not wait on the disk. Vectors,
+        graphs and payloads are memory-mapped: at a million products a title search that found
+        its pages out of memory took up to 75 ms, against 6 ms once they were in."""
+        total, buffer = 0, bytearray(8 << 20)
+        for path in sorted((self.dir / "shard" / "segments").rglob("*")):
+            try:
+                if path.is_file():
+                    with open(path, "rb", buffering=0) as handle:
+                        while read := handle.readinto(buffer):
+                            total += read
+            except OSError:  # a segment replaced by an optimisation meanwhile: its successor is read
+                continue
+        return total
+
     def optimize(self) -> None:
         with self._write_lock:
             self.shard.optimize()

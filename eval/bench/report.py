@@ -112,7 +112,8 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
     copies = ", ".join(f"{k} {v}" for k, v in entry["copy_cosine_to_source"].items())
     title = f"{size:,} products (copies of real ones; mean cosine of a copy to its source: {copies})"
     timing = (f"  load: upsert {load['upsert_s']} s ({load['upsert_per_s']}/s, batches of {load['batch']}), "
-              f"optimize {load['optimize_s']} s, reopen {load['reopen_s']} s")
+              f"optimize {load['optimize_s']} s, reopen {load['reopen_s']} s, "
+              f"files read into memory {load.get('warm_bytes', 0) / 1e9:.1f} GB in {load.get('warm_s', '-')} s")
     memory = (f"  memory {load['rss_bytes_per_product']} B/product RSS "
               f"({load.get('rss_anonymous_bytes_per_product', '-')} B anonymous, the rest mapped store files), "
               f"{load['disk_bytes_per_product']} B/product "
