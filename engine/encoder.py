@@ -59,7 +59,7 @@ class Encoder:
     # The last text batch's pooled tower output, keyed by its texts: a title's joint-space vector
     # and its sentence vector come from one transformer pass (see _pooled).
     _pooled_memo: tuple | None = field(default=None, repr=False, compare=False)
-    _pool: tuple | None = field(default=None, repr=False, compare=False)  # (workers, executor), see _chunked
+    _pool: tuple | None = field(default=None, repr=False, compare=False)  # (workers, pid, executor): _chunked
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector per image, shape (n, dim)."""
@@ -136,11 +136,12 @@ class Encoder:
 
     def _photo_pool(self, workers: int) -> ThreadPoolExecutor:
         with _POOL_LOCK:
-            if self._pool is None or self._pool[0] != workers:
+            # Keyed by process too: a forked child inherits the pool but not its threads.
+            if self._pool is None or self._pool[:2] != (workers, os.getpid()):
                 # The thread count is per thread: each worker computes on its own one.
-                self._pool = (workers, ThreadPoolExecutor(workers, thread_name_prefix="encode",
-                                                          initializer=torch.set_num_threads, initargs=(1,)))
-            return self._pool[1]
+                self._pool = (workers, os.getpid(), ThreadPoolExecutor(
+                    workers, thread_name_prefix="encode", initializer=torch.set_num_threads, initargs=(1,)))
+            return self._pool[2]
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
