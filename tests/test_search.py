@@ -104,3 +104,26 @@ def test_a_qdrant_server_ranks_like_the_embedded_store(tmp_path, fashion_frame, 
         assert [r.product_id for r in mine] == [r.product_id for r in theirs]
         assert [r.score for r in mine] == pytest.approx([r.score for r in theirs], abs=1e-3)
         assert mine[0].explanation.keys() == theirs[0].explanation.keys()
+
+
+def test_photo_searches_with_words_search_wider(shop, monkeypatch):
+    """Words searched against photos are unlike every photo; the HNSW search of photos is made
+    CROSS_MODAL_BREADTH times wider for them, while a photo alone searches at the set breadth."""
+    from engine.search import CROSS_MODAL_BREADTH
+    from engine.store import IMAGE_VECTOR
+
+    searcher, rows = shop
+    store, seen = searcher.store, []
+    real_search_many = store.search_many
+
+    def recording(queries, filters, limit):
+        seen.append({q.using: store.ef_for(q.using, q.limit or limit, q.breadth) for q in queries})
+        return real_search_many(queries, filters, limit)
+
+    monkeypatch.setattr(store, "search_many", recording)
+    photo = load_image_file(FASHION / rows.iloc[0]["image"])
+    searcher.search(SearchQuery(text="black watch", k=5))
+    searcher.search(SearchQuery(image=photo, text="in black", k=5))
+    searcher.search(SearchQuery(image=photo, k=5))
+    wide, mixed, alone = (calls[IMAGE_VECTOR] for calls in seen)
+    assert alone == max(store.hnsw_ef, 40) and wide == mixed == store.hnsw_ef * CROSS_MODAL_BREADTH > alone

@@ -93,6 +93,7 @@ class VectorQuery:
     vector: np.ndarray | None = None
     terms: tuple[list[int], list[float]] | None = None
     limit: int | None = None  # candidates wanted from this query; None: the call's limit
+    breadth: int = 1  # a multiple of the HNSW search breadth, for queries unlike the stored vectors
 
     @property
     def multivector(self) -> bool:
@@ -132,9 +133,10 @@ class VectorStore(ABC):
     info: ModelInfo
     hnsw_ef: int = 64
 
-    def ef_for(self, using: str, limit: int) -> int:
-        """The HNSW search breadth for one search of ``limit`` results on the vector ``using``."""
-        return max(self.hnsw_ef * EF_MULTIPLE.get(using, 1), limit)
+    def ef_for(self, using: str, limit: int, breadth: int = 1) -> int:
+        """The HNSW search breadth for one search of ``limit`` results on the vector ``using``;
+        ``breadth`` multiplies it for one query (``VectorQuery.breadth``)."""
+        return max(self.hnsw_ef * EF_MULTIPLE.get(using, 1) * breadth, limit)
 
     @abstractmethod
     def upsert(self, points: list[ProductPoint]) -> None: ...
@@ -152,7 +154,8 @@ class VectorStore(ABC):
 
     @abstractmethod
     def query(
-        self, vector: np.ndarray, using: str, filters: SearchFilters, limit: int, with_vectors: bool = False
+        self, vector: np.ndarray, using: str, filters: SearchFilters, limit: int, with_vectors: bool = False,
+        breadth: int = 1,
     ) -> list[Hit]:
         """Nearest products to ``vector`` on the named vector ``using``."""
 

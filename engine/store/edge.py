@@ -243,7 +243,7 @@ class EdgeStore(VectorStore):
             out[payload["product_id"]] = StoredProduct(payload["product_id"], payload, *vectors_of(record.vector))
         return out
 
-    def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
+    def query(self, vector, using, filters, limit, with_vectors=False, breadth=1) -> list[Hit]:
         query_vector = vector.astype(np.float32).tolist()
         if using in (IMAGE_VECTOR, LOOK_VECTOR):
             query_vector = [query_vector]  # a multivector is queried with a multivector (MaxSim)
@@ -253,7 +253,7 @@ class EdgeStore(VectorStore):
             filter=_filter(filters),
             with_payload=True,
             with_vector=with_vectors,
-            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit)),
+            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
         )
         return self._hits(request)
 
@@ -263,7 +263,7 @@ class EdgeStore(VectorStore):
         condition = _filter(filters)
         requests = [qe.QueryRequest(limit=q.limit or limit, query=self._nearest(q), filter=condition,
                                     with_payload=False, with_vector=False,
-                                    params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit)))
+                                    params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth)))
                     for q in queries]
         answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(p.id, p.score) for p in points] for points in answers]

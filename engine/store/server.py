@@ -130,13 +130,13 @@ class ServerStore(VectorStore):
                                                               *vectors_of(record.vector))
         return out
 
-    def query(self, vector, using, filters, limit, with_vectors=False) -> list[Hit]:
+    def query(self, vector, using, filters, limit, with_vectors=False, breadth=1) -> list[Hit]:
         query_vector = vector.astype(np.float32).tolist()
         if using in (IMAGE_VECTOR, LOOK_VECTOR):
             query_vector = [query_vector]
         response = self.client.query_points(
             self.collection, query=query_vector, using=using, query_filter=_filter(filters), limit=limit,
-            with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit)),
+            with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
         )
         return _hits(response)
 
@@ -146,7 +146,7 @@ class ServerStore(VectorStore):
         condition = _filter(filters)
         requests = [qm.QueryRequest(query=_nearest(q), using=q.using, filter=condition, limit=q.limit or limit,
                                     with_payload=False, with_vector=False,
-                                    params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit)))
+                                    params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth)))
                     for q in queries]
         answers = self.client.query_batch_points(self.collection, requests=requests)
         return [[(p.id, p.score) for p in answer.points] for answer in answers]

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from engine.images import load_image_file
-from engine.search import Searcher, SearchQuery, compose
+from engine.search import CROSS_MODAL_BREADTH, Searcher, SearchQuery, compose
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters
 from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
 from eval.bench.corpus import RealEmbeddings, SyntheticCatalog, photo_vectors
@@ -178,7 +178,9 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
         exact_images = exact_top(synthetic.image, visual, RECALL_K, rows)
         exact_latencies.append(time.perf_counter() - started)
         started = time.perf_counter()
-        searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT)
+        # The photo search as the engine makes it: wider when the query has words (engine.search).
+        breadth = CROSS_MODAL_BREADTH if query.text else 1
+        searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT, breadth=breadth)
         ann_latencies.append(time.perf_counter() - started)
         # The HNSW searches the engine makes for this query (engine.search: the joint-space title
         # vector only scores candidates, it does not gather them).
@@ -190,7 +192,8 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
         for using, vector, exact in searches:
             if exact is None:
                 exact = exact_top(getattr(synthetic, MATRIX[using]), vector, RECALL_K, rows)
-            recalls[using].append(_overlap(searcher.store.query(vector, using, filters, RECALL_K), exact))
+            wide = breadth if using == IMAGE_VECTOR else 1
+            recalls[using].append(_overlap(searcher.store.query(vector, using, filters, RECALL_K, breadth=wide), exact))
             probes.append((using, vector, filters, exact))
     engine, exact = _percentiles(latencies), _percentiles(exact_latencies)
     return {
@@ -232,7 +235,9 @@ def _overlap(hits, exact: np.ndarray) -> float:
 
 def ef_sweep(searcher: Searcher, probes, efs: list[int]) -> dict:
     """Recall@10 and latency of each named vector's HNSW search at each search breadth (hnsw_ef),
-    against the exact top 10 found for the same queries before."""
+    against the exact top 10 found for the same queries before. Every probe searches at the
+    vector's own breadth (titles 4x, EF_MULTIPLE), not the wider one the engine gives a photo
+    search that has words (CROSS_MODAL_BREADTH): the sweep describes the graph."""
     store, saved = searcher.store, searcher.store.hnsw_ef
     out: dict[str, dict] = {}
     try:
