@@ -20,6 +20,7 @@ from engine.store.base import (
     IMAGE_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
+    SCORE_ONLY_VECTORS,
     GRAPH_FIELDS,
     KEYWORD_FIELDS,
     LOOK_VECTOR,
@@ -72,18 +73,11 @@ class ServerStore(VectorStore):
         self.client.create_collection(
             self.collection,
             vectors_config={
-                IMAGE_VECTOR: qm.VectorParams(
-                    size=info.dim, distance=qm.Distance.COSINE,
-                    multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
-                ),
-                # Only scores candidates (engine.search), so no HNSW graph is built for it.
-                TEXT_VECTOR: qm.VectorParams(size=info.dim, distance=qm.Distance.COSINE,
-                                             hnsw_config=qm.HnswConfigDiff(m=0)),
-                SENTENCE_VECTOR: qm.VectorParams(size=SENTENCE_DIM, distance=qm.Distance.COSINE),
-                **({LOOK_VECTOR: qm.VectorParams(
-                    size=info.look_dim, distance=qm.Distance.COSINE, datatype=qm.Datatype.FLOAT16,
-                    multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
-                )} if info.look_dim else {}),
+                IMAGE_VECTOR: _dense(info.dim, IMAGE_VECTOR, multivector_config=_MAXSIM),
+                TEXT_VECTOR: _dense(info.dim, TEXT_VECTOR),
+                SENTENCE_VECTOR: _dense(SENTENCE_DIM, SENTENCE_VECTOR),
+                **({LOOK_VECTOR: _dense(info.look_dim, LOOK_VECTOR, multivector_config=_MAXSIM,
+                                        datatype=qm.Datatype.FLOAT16)} if info.look_dim else {}),
             },
             sparse_vectors_config={BM25_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
             shard_number=self.shard_number,
@@ -235,6 +229,15 @@ class ServerStore(VectorStore):
             self.client.close()
         except Exception as e:  # pragma: no cover - closing a dead connection
             raise StoreError(f"closing the Qdrant client failed: {e}") from e
+
+
+_MAXSIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)
+
+
+def _dense(size: int, name: str, **kw) -> qm.VectorParams:
+    """A cosine vector; one that only scores candidates (SCORE_ONLY_VECTORS) gets no HNSW graph."""
+    graph = qm.HnswConfigDiff(m=0) if name in SCORE_ONLY_VECTORS else None
+    return qm.VectorParams(size=size, distance=qm.Distance.COSINE, hnsw_config=graph, **kw)
 
 
 def _hits(response) -> list[Hit]:

@@ -38,15 +38,15 @@ def bench_encoder(encoder: Encoder, images: Sequence[Image.Image], titles: Seque
                     "text_precision": str(encoder.text_dtype or encoder.dtype).replace("torch.", ""),
                     "ceiling_gflops": round(ceiling_gflops, 1), "text_ceiling_gflops": round(text_ceiling, 1),
                     "image": {}, "text": {}}
+    # FLOPs per photo counted once, on one photo: a batch's chunks run on worker threads, where
+    # torch's FLOP counter (a mode of the calling thread) does not see them. The work per photo is
+    # the same at every batch size.
+    photo_flops = count_flops(lambda: photo_vectors(encoder, images[:1]))
     with batch_size(encoder, max(batches)):
         for size in batches:
             chunk = [images[i % len(images)] for i in range(size)]
-            # FLOPs counted on one photo: a batch's chunks run on worker threads, where torch's
-            # FLOP counter (a mode of the calling thread) does not see them. The work per photo
-            # is the same at every batch size.
-            one = count_flops(lambda: photo_vectors(encoder, chunk[:1]))
             report["image"][f"batch_{size}"] = _measure(
-                [lambda chunk=chunk: photo_vectors(encoder, chunk)], size, ceiling_gflops, min_seconds, one)
+                [lambda chunk=chunk: photo_vectors(encoder, chunk)], size, ceiling_gflops, min_seconds, photo_flops)
             slices = _title_slices(titles, size)
             calls = [lambda s=s: (encoder.encode_texts(s), encoder.encode_sentences(s)) for s in slices]
             report["text"][f"batch_{size}"] = _measure(calls, size, text_ceiling, min_seconds)
@@ -68,8 +68,13 @@ def _title_slices(titles: Sequence[str], size: int) -> list[list[str]]:
 
 def _measure(calls: list[Callable[[], object]], items: int, ceiling: float, min_seconds: float,
              flops_per_item: float | None = None) -> dict:
-    flops = np.mean([count_flops(call) for call in calls[:8]]) / items  # also warms every call up
-    flops = flops_per_item if flops_per_item is not None else flops
+    """``flops_per_item``: counted by the caller; otherwise counted here on the calls."""
+    if flops_per_item is None:
+        flops = np.mean([count_flops(call) for call in calls[:8]]) / items  # also warms every call up
+    else:
+        for call in calls[:8]:  # the warm-up the count would have been
+            call()
+        flops = flops_per_item
     turn = iter(range(10**9))
     times = repeat_timed(lambda: calls[next(turn) % len(calls)](), min_repeats=3, min_seconds=min_seconds)
     seconds = float(np.median(times))

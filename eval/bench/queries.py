@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from engine.images import load_image_file
-from engine.search import CROSS_MODAL_BREADTH, Searcher, SearchQuery, compose
+from engine.search import Searcher, SearchQuery, compose, photo_breadth
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters
 from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
 from eval.bench.corpus import RealEmbeddings, SyntheticCatalog, photo_vectors
@@ -179,7 +179,7 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
         exact_latencies.append(time.perf_counter() - started)
         started = time.perf_counter()
         # The photo search as the engine makes it: wider when the query has words (engine.search).
-        breadth = CROSS_MODAL_BREADTH if query.text else 1
+        breadth = photo_breadth(bool(query.text))
         searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT, breadth=breadth)
         ann_latencies.append(time.perf_counter() - started)
         # The HNSW searches the engine makes for this query (engine.search: the joint-space title
