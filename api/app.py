@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import InsecureSettings, add_error_handlers
+from api.metrics import Metrics, MetricsMiddleware, folder_bytes
 from api.routes import router
 from api.routes.pages import STATIC
 from api.runtime import start_runtime
@@ -46,11 +47,32 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
                   docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.runtime = None
+    app.state.metrics = _metrics(app, settings)
     add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.api.max_upload_bytes)
+    # Added last, so it is the outermost: it times whole requests, refusals included.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _metrics(app: FastAPI, settings: Settings) -> Metrics:
+    """The app's metrics; the store's size is read from whichever store the app holds when scraped."""
+    metrics = Metrics()
+
+    def count() -> int:
+        runtime = app.state.runtime
+        if runtime is None:
+            raise LookupError("not started")
+        return runtime.store.count()
+
+    def disk_bytes() -> int | None:
+        store = settings.store
+        return folder_bytes(store.path / store.collection) if store.backend == "edge" else None
+
+    metrics.watch_store(count, disk_bytes)
+    return metrics
 
 
 def check_settings(settings: Settings) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from engine.errors import (
     CatalogError,
@@ -52,10 +55,32 @@ def status_of(error: SnapshopError) -> int:
 async def snapshop_error_handler(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, SnapshopError)
     code = status_of(error)
+    count_error(request, type(error).__name__)
     if code >= 500:
         log.warning("%s %s: %s: %s", request.method, request.url.path, type(error).__name__, error)
     return JSONResponse({"detail": str(error)}, status_code=code)
 
 
+def count_error(request: Request, kind: str) -> None:
+    """One more error of ``kind`` in the app's metrics (``snapshop_errors_total``)."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(kind).inc()
+
+
+async def validation_error_handler(request: Request, error: Exception) -> JSONResponse:
+    count_error(request, "RequestValidationError")
+    return await request_validation_exception_handler(request, error)
+
+
+async def counted_http_exception_handler(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    if error.status_code >= 400:  # 401, 403, 413, 415...: named by status, the detail varies
+        count_error(request, f"HTTP{error.status_code}")
+    return await http_exception_handler(request, error)
+
+
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SnapshopError, snapshop_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(HTTPException, counted_http_exception_handler)

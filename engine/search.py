@@ -33,6 +33,7 @@ from engine.ranking import (
 from engine.settings import SearchSettings
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters, VectorStore
 from engine.store.base import BM25_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, StoredProduct, VectorQuery
+from engine.timing import StageClock
 
 # Candidates each signal brings: 4 per result wanted, at least 40. Measured on the validation
 # split (300 text and photo queries, k=10): 40, 48 and 64 give identical top-10 lists, and every
@@ -76,6 +77,13 @@ class SearchResponse:
     results: list[SearchResult]
     nothing_close: bool
     predicted_category: str | None = None
+    # Seconds per stage (encode, gather, score, rank), for metrics and the query log.
+    seconds: dict[str, float] = field(default_factory=dict)
+    # Each result's evidence per signal (results x SIGNALS, NaN where one does not apply): what
+    # the ranker fused, so logged clicks can refit its weights offline (engine.analytics.tune).
+    evidence: np.ndarray | None = None
+    # The query's photo in the joint space, when it had one (the query log keeps it, not the photo).
+    photo_vector: np.ndarray | None = None
 
 
 # How much wider a search of photos is when the query has words (see photo_breadth).
@@ -129,11 +137,15 @@ class Searcher:
         if query.price_target is not None and not (math.isfinite(query.price_target) and query.price_target > 0):
             raise InvalidQuery(f"price_target must be a positive number, got {query.price_target}")
 
-        text_joint = self.encoder.encode_text(text) if text else None
-        photo, look = query.photo_vectors or (None, None)
-        if photo is None and query.image is not None:
-            joint, looks = self.encoder.encode_photos([query.image])
-            photo, look = joint[0], looks[0]
+        clock = StageClock()
+        with clock.stage("encode"):
+            text_joint = self.encoder.encode_text(text) if text else None
+            sentence = self.encoder.encode_sentence(text) if text else None
+            photo, look = query.photo_vectors or (None, None)
+            if photo is None and query.image is not None:
+                joint, looks = self.encoder.encode_photos([query.image])
+                photo, look = joint[0], looks[0]
+        query_photo = photo
         if text_joint is not None:
             # "Like this, but in black": the words change what is wanted, so matching the photo's
             # exact appearance would pull back the very product the shopper wants changed.
@@ -146,18 +158,19 @@ class Searcher:
             visual=compose(photo, text_joint, mix),
             look=look,
             text_joint=text_joint,
-            sentence=self.encoder.encode_sentence(text) if text else None,
+            sentence=sentence,
             terms=query_terms(text) if text else None,
             personal=self._history_vector(query.history) if weights.personal > 0 else None,
             price_target=query.price_target,
             has_photo=photo is not None,
         )
         limit = max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
-        keys, scores = self._candidates(prepared, weights, query.filters, limit)
-        category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
-        results = self._rank(keys, scores, prepared, weights, category_probs, query.k)
+        keys, scores = self._candidates(prepared, weights, query.filters, limit, clock)
+        with clock.stage("rank"):
+            category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
+            results, evidence = self._rank(keys, scores, prepared, weights, category_probs, query.k)
         nothing_close = not results or max(r.score for r in results) < self.settings.nothing_close
-        return SearchResponse(results, nothing_close, predicted)
+        return SearchResponse(results, nothing_close, predicted, clock.seconds, evidence, query_photo)
 
     def similar(self, product_id: str, k: int = 12, filters: SearchFilters = SearchFilters(),
                 negative_ids: tuple[str, ...] = ()) -> list[SearchResult]:
@@ -212,7 +225,7 @@ class Searcher:
         return self.weights
 
     def _candidates(self, q: _Query, weights: RankerWeights, filters: SearchFilters,
-                    limit: int) -> tuple[list, dict[str, dict]]:
+                    limit: int, clock: StageClock) -> tuple[list, dict[str, dict]]:
         """Candidates from every signal's Qdrant search, then every signal's score for each of them.
 
         Both steps are one batch each, scored inside Qdrant: a candidate found by one signal is
@@ -230,32 +243,36 @@ class Searcher:
                   if name != "caption" and not (name == "text" and q.has_photo)]
         if q.personal is not None:
             gather.append(VectorQuery(IMAGE_VECTOR, _mean_direction(q.personal), limit=limit // 2))
-        found = self.store.search_many(gather, filters, limit)
+        with clock.stage("gather"):
+            found = self.store.search_many(gather, filters, limit)
         keys = list(dict.fromkeys(key for hits in found for key, _ in hits))
-        scored = self.store.score(keys, list(signals.values()))
+        with clock.stage("score"):
+            scored = self.store.score(keys, list(signals.values()))
         return keys, dict(zip(signals, scored))
 
     def _rank(self, keys: list, scores: dict[str, dict], q: _Query, weights: RankerWeights,
-              category_probs: dict, k: int) -> list[SearchResult]:
-        """The ``k`` best candidates by fused score, each explained."""
+              category_probs: dict, k: int) -> tuple[list[SearchResult], np.ndarray]:
+        """The ``k`` best candidates by fused score, each explained, and their evidence rows."""
         # Only what ranking reads is fetched for every candidate; the winners' whole payload after.
         records = self.store.records(keys, RANKING_FIELDS, [IMAGE_VECTOR] if q.personal is not None else None)
         keys = [key for key in keys if key in records]  # a product deleted meanwhile is left out
         if not keys:
-            return []
+            return [], np.zeros((0, len(SIGNALS)))
         matrix = self._evidence(keys, records, scores, q, category_probs)
         order = np.argsort(-fused_scores(matrix, weights), kind="stable")[:k]
         payloads = self.store.records([keys[i] for i in order])
-        results = []
+        results, rows = [], []
         for i in order:
             if keys[i] in payloads:
+                rows.append(i)
                 stored = payloads[keys[i]]
                 evidence = {name: float(value) for name, value in zip(SIGNALS, matrix[i]) if not np.isnan(value)}
                 score, shares = fuse(evidence, weights)
                 signals = {name: squash(value) for name, value in evidence.items()}
                 results.append(to_result(stored.product_id, stored.payload, score, signals, shares))
-        results.sort(key=lambda r: r.score, reverse=True)  # the same order, unless two scores tie
-        return results
+        # The same order, unless two scores tie (rounded): each evidence row stays with its result.
+        order = sorted(range(len(results)), key=lambda j: results[j].score, reverse=True)
+        return [results[j] for j in order], matrix[[rows[j] for j in order]]
 
     def _signal_queries(self, q: _Query, weights: RankerWeights) -> dict[str, VectorQuery]:
         """The Qdrant query of every signal that applies to this query, by signal name."""

@@ -60,7 +60,7 @@ async def similar_products(
 @router.post("", summary="Add or replace products (catalog-like records)", dependencies=[RequireApiKey],
              responses=WRITE_ERRORS)
 async def upsert_products(
-    runtime: RuntimeDep, records: Annotated[list[ProductRecord], Body(min_length=1)],
+    request: Request, runtime: RuntimeDep, records: Annotated[list[ProductRecord], Body(min_length=1)],
 ) -> UpsertSummary:
     limit = runtime.settings.api.max_upsert_records
     if len(records) > limit:
@@ -68,8 +68,12 @@ async def upsert_products(
                             f"{len(records)} records is more than {limit} per request (SNAPSHOP_API__MAX_UPSERT_RECORDS)")
     catalog = catalog_from_records([record.model_dump(exclude_unset=True) for record in records],
                                    runtime.settings.api.images_root)
-    summary = await runtime.write(ingest_catalog, catalog, runtime.encoder, runtime.store,
-                                  runtime.settings.ingest, progress=False)
+    metrics = request.app.state.metrics
+    with metrics.ingest_running.track_inprogress():
+        summary = await runtime.write(ingest_catalog, catalog, runtime.encoder, runtime.store,
+                                      runtime.settings.ingest, progress=False, on_batch=metrics.ingest_embedded.inc)
+    metrics.observe_ingest({"added": summary.added, "updated": summary.updated, "payload_only": summary.payload_only,
+                            "unchanged": summary.unchanged, "skipped": len(summary.skipped_rows)})
     return _upsert_summary(summary)
 
 

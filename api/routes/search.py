@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
@@ -33,16 +34,26 @@ PhotoFile = Annotated[UploadFile | None, File(description="The shopper's photo (
 async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchForm, Form()],
                  photo: PhotoFile = None) -> SearchResults:
     filters = SearchFilters(tuple(form.category), form.min_price, form.max_price)
+    decode_started = time.perf_counter()
     image = await _decoded_photo(photo, runtime)
+    decode_seconds = time.perf_counter() - decode_started
     query = SearchQuery(
         text=form.text, image=image, filters=filters, k=form.k or runtime.settings.search.default_k,
         photo_text_mix=form.photo_text_mix, weights=form.weights, price_target=form.price_target,
         history=tuple(form.history),
     )
     response = await runtime.run(runtime.searcher.search, query)
+    seconds = {"decode": decode_seconds, **response.seconds} if image is not None else response.seconds
+    request.app.state.metrics.observe_search(query_kind(form.text, image), seconds, response.nothing_close)
     hits = [to_hit(result, request) for result in response.results]
     return SearchResults(data=hits, count=len(hits), nothing_close=response.nothing_close,
                          predicted_category=response.predicted_category)
+
+
+def query_kind(text: str | None, image: Image.Image | None) -> str:
+    """'text', 'photo' or 'photo+text': how a search is labelled in metrics and the query log."""
+    words = bool((text or "").strip())
+    return "photo+text" if image is not None and words else "photo" if image is not None else "text"
 
 
 async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> Image.Image | None:
