@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from engine.errors import (
+    AnalyticsOff,
     CatalogError,
     CatalogRowError,
     InvalidImage,
@@ -25,6 +26,7 @@ from engine.errors import (
     StoreModelMismatch,
     StoreUnavailable,
     UnknownModel,
+    UnknownQuery,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ STATUS_OF: list[tuple[type[SnapshopError], int]] = [
     (CatalogRowError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (CatalogError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (ProductNotFound, status.HTTP_404_NOT_FOUND),
+    (UnknownQuery, status.HTTP_404_NOT_FOUND),
+    (AnalyticsOff, status.HTTP_404_NOT_FOUND),
     (StoreModelMismatch, status.HTTP_409_CONFLICT),
     (StoreUnavailable, status.HTTP_503_SERVICE_UNAVAILABLE),
     (StoreError, status.HTTP_503_SERVICE_UNAVAILABLE),

@@ -18,6 +18,8 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
+from api.ratelimit import RateLimiter
+from engine.analytics.log import QueryLog
 from engine.encoder import Encoder, load_encoder
 from engine.search import Searcher
 from engine.settings import Settings
@@ -34,6 +36,8 @@ class Runtime:
     searcher: Searcher
     limiter: anyio.CapacityLimiter
     write_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    query_log: QueryLog | None = None  # only when search analytics are on
+    event_limiter: RateLimiter | None = None
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
         """``function(*args, **kwargs)`` in a worker thread, at most ``api.search_threads`` at once."""
@@ -49,14 +53,19 @@ class Runtime:
         """Close the store once in-flight writes are done, so the next process can open it."""
         async with self.write_lock:
             await anyio.to_thread.run_sync(self.store.close)
+        if self.query_log is not None:
+            self.query_log.close()
 
 
 async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> Runtime:
     """Load the model (unless given one) and open the store, off the event loop."""
     encoder, store = await anyio.to_thread.run_sync(_open_engine, settings, encoder)
     searcher = Searcher(encoder, store, settings.search)
+    analytics = settings.analytics
+    query_log = QueryLog(analytics.path, analytics.retention_days) if analytics.enabled else None
     # Locks and limiters belong to the event loop, so they are made here and not in the thread.
-    return Runtime(settings, encoder, store, searcher, anyio.CapacityLimiter(settings.api.search_threads))
+    return Runtime(settings, encoder, store, searcher, anyio.CapacityLimiter(settings.api.search_threads),
+                   query_log=query_log, event_limiter=RateLimiter(analytics.events_per_minute))
 
 
 def _open_engine(settings: Settings, encoder: Encoder | None) -> tuple[Encoder, VectorStore]:

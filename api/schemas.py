@@ -45,6 +45,8 @@ class SearchForm(BaseModel):
                           f"names: {', '.join(SIGNALS)}; each 0..10.")
     history: list[str] = Field([], max_length=50, description="Product ids the shopper viewed or bought.")
     price_target: float | None = Field(None, gt=0, allow_inf_nan=False, description="A price the shopper aims at.")
+    session: str | None = Field(None, max_length=64, description="An opaque id of the shopper's visit, for the "
+                                "query log (search analytics); never a person's identity.")
 
 
 class FilterParams(BaseModel):
@@ -80,6 +82,8 @@ class SearchResults(BaseModel):
     count: int
     nothing_close: bool = Field(description="True when no result looks like a match (they are only the nearest).")
     predicted_category: str | None = None
+    query_id: str | None = Field(None, description="This search in the query log, for POST /events; null when "
+                                 "search analytics are off.")
 
 
 class SimilarResults(BaseModel):
@@ -201,6 +205,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
         400: "Bad request.", 401: "No API key given.", 403: "Wrong API key.", 404: "No such product.",
         409: "The store holds another model's vectors.", 413: "The upload is too large.",
         415: "The photo is not an image type.", 422: "The request cannot be answered as asked.",
+        429: "Too many requests from this client; retry after the Retry-After header's seconds.",
         503: "The store does not answer.",
     }
     return {code: {"model": InvalidInput if code == 422 else ErrorMessage, "description": descriptions[code]}

@@ -57,3 +57,11 @@ class StoreModelMismatch(StoreError):
 
 class ProductNotFound(SnapshopError):
     """A product id that is not in the store."""
+
+
+class AnalyticsOff(SnapshopError):
+    """Search analytics asked for while they are switched off (``SNAPSHOP_ANALYTICS__ENABLED``)."""
+
+
+class UnknownQuery(SnapshopError):
+    """An event or report that names a search the query log does not hold (never, or no longer)."""

@@ -116,10 +116,19 @@ def fused_scores(evidence: np.ndarray, weights: RankerWeights) -> np.ndarray:
     a signal does not apply to a candidate. Ranking a few hundred candidates this way costs what
     explaining ten of them costs one by one."""
     w = np.array([getattr(weights, name) for name in SIGNALS], dtype=np.float64)
+    fused, applies = fused_evidence(evidence, w)
+    return np.where(applies, squash(fused), 0.0)
+
+
+def fused_evidence(evidence: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weighted mean of each candidate's evidence over the signals that apply to it (before
+    the squash, which keeps the order), and whether any weighted signal applies at all. The last
+    axis of ``evidence`` (NaN: does not apply) lines up with the weights ``w``; any leading axes
+    are candidates (or searches and their candidates, as when weights are fitted to clicks)."""
     present = ~np.isnan(evidence) & (w > 0)
-    total = (present * w).sum(axis=1)
+    total = (present * w).sum(axis=-1)
     fused = np.where(present, evidence, 0.0) @ w / np.where(total > 0, total, 1.0)
-    return np.where(total > 0, squash(fused), 0.0)
+    return fused, total > 0
 
 
 def price_closeness(price: float | None, target: float) -> float:

@@ -85,6 +85,19 @@ class SearchSettings(BaseModel):
     )
 
 
+class AnalyticsSettings(BaseModel):
+    """The opt-in search analytics: a query log and shoppers' clicks, kept for a while."""
+
+    enabled: bool = Field(False, description="Log searches (text, filters, a photo's hash and embedding, never "
+                          "the photo; results; latency) and accept click / add-to-cart / purchase events.")
+    path: Path = Field(Path("var/analytics.sqlite"), description="The query and event log (SQLite).")
+    retention_days: float = Field(90.0, gt=0, description="Searches and events older than this are deleted.")
+    events_per_minute: int = Field(
+        120, ge=1, le=100_000, description="Events accepted per minute from one client address (POST /events "
+        "is public); more are refused with 429.",
+    )
+
+
 DEV_API_KEY = "snapshop-dev-key"  # works out of the box in development; refused in production
 
 
@@ -119,6 +132,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     search: SearchSettings = SearchSettings()
     api: ApiSettings = ApiSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @field_validator("environment", mode="before")
     @classmethod

@@ -369,3 +369,9 @@ def bench(
         fail(str(e))
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_report(report, out)}")
+
+
+# The production commands (report, tune, reindex, backup, restore) live in their own module.
+from snapshop.ops import register  # noqa: E402
+
+register(app)

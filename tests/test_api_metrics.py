@@ -101,7 +101,7 @@ def test_errors_are_counted_by_kind(client):
 
 def test_ingest_progress_and_store_size_are_exported(client, shop):
     samples = scrape(client)
-    folder, records = shop
+    records = shop[1]
     assert value(samples, "snapshop_store_products") == len(records)
     assert value(samples, "snapshop_store_disk_bytes") > 0
     assert value(samples, "snapshop_ingest_embedded_products_total") == len(records)

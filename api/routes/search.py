@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from PIL import Image
 
+from api.analytics import log_search
 from api.deps import FiltersQuery, RuntimeDep
 from api.runtime import Runtime
 from api.schemas import (
@@ -35,7 +36,7 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
                  photo: PhotoFile = None) -> SearchResults:
     filters = SearchFilters(tuple(form.category), form.min_price, form.max_price)
     decode_started = time.perf_counter()
-    image = await _decoded_photo(photo, runtime)
+    image, photo_bytes = await _decoded_photo(photo, runtime)
     decode_seconds = time.perf_counter() - decode_started
     query = SearchQuery(
         text=form.text, image=image, filters=filters, k=form.k or runtime.settings.search.default_k,
@@ -44,10 +45,12 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
     )
     response = await runtime.run(runtime.searcher.search, query)
     seconds = {"decode": decode_seconds, **response.seconds} if image is not None else response.seconds
-    request.app.state.metrics.observe_search(query_kind(form.text, image), seconds, response.nothing_close)
+    kind = query_kind(form.text, image)
+    request.app.state.metrics.observe_search(kind, seconds, response.nothing_close)
+    query_id = await log_search(runtime, form, kind, photo_bytes, response, seconds) if runtime.query_log else None
     hits = [to_hit(result, request) for result in response.results]
     return SearchResults(data=hits, count=len(hits), nothing_close=response.nothing_close,
-                         predicted_category=response.predicted_category)
+                         predicted_category=response.predicted_category, query_id=query_id)
 
 
 def query_kind(text: str | None, image: Image.Image | None) -> str:
@@ -56,14 +59,14 @@ def query_kind(text: str | None, image: Image.Image | None) -> str:
     return "photo+text" if image is not None and words else "photo" if image is not None else "text"
 
 
-async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> Image.Image | None:
+async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> tuple[Image.Image | None, bytes | None]:
     if photo is None:
-        return None
+        return None, None
     limit = runtime.settings.api.max_upload_bytes
     data = await read_photo(photo, limit)
     if data is None:
-        return None
-    return await runtime.run(decode_photo, data, photo.filename, limit)
+        return None, None
+    return await runtime.run(decode_photo, data, photo.filename, limit), data
 
 
 @router.get("/search/defaults", summary="Ranker weights and limits the shopper page starts from")

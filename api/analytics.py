@@ -1,0 +1,32 @@
+"""The query log's side of a search: what of an answered search the log keeps (never the photo)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import anyio.to_thread
+
+from api.runtime import Runtime
+from api.schemas import SearchForm
+from engine.analytics.log import LoggedQuery, evidence_rows
+from engine.ranking import SIGNALS
+from engine.search import SearchResponse
+
+
+async def log_search(runtime: Runtime, form: SearchForm, kind: str, photo: bytes | None,
+                     response: SearchResponse, seconds: dict[str, float]) -> str:
+    """Log one answered search; returns its query id (shoppers' events name it)."""
+    entry = LoggedQuery(
+        kind=kind, text=(form.text or "").strip() or None,
+        filters={"category": list(form.category), "min_price": form.min_price, "max_price": form.max_price},
+        results=[result.product_id for result in response.results],
+        evidence=evidence_rows(response.evidence, SIGNALS),
+        nothing_close=response.nothing_close,
+        latency_ms=round(1000 * sum(seconds.values()), 3),
+        photo_sha256=hashlib.sha256(photo).hexdigest() if photo is not None else None,
+        photo_vector=response.photo_vector,
+        session=form.session,
+    )
+    # Off the event loop: an SQLite insert waits on the disk.
+    await anyio.to_thread.run_sync(runtime.query_log.record_query, entry)
+    return entry.id

@@ -1,0 +1,1 @@
+"""Opt-in search analytics: the query and event log, its report, and weights learnt from clicks."""
