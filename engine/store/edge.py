@@ -226,6 +226,15 @@ class EdgeStore(VectorStore):
                 continue
         return total
 
+    def copy_to(self, dest: Path) -> int:
+        """A consistent copy of the store in the folder ``dest`` (new): written to disk first, and
+        copied while no write can start (searches go on). Returns the products copied."""
+        with self._write_lock:
+            self.shard.flush()
+            products = self.shard.count(qe.CountRequest(exact=True))
+            shutil.copytree(self.dir, dest, ignore=shutil.ignore_patterns("snapshop.lock", "*.tmp"))
+        return products
+
     def optimize(self) -> None:
         with self._write_lock:
             self.shard.optimize()

@@ -1,0 +1,81 @@
+"""Backup and restore of the embedded store: a restore into a fresh store answers a fixed set of
+searches with the same top 10 as the store that was backed up."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from engine.errors import StoreError
+from engine.search import Searcher, SearchQuery
+from engine.settings import StoreSettings
+from engine.store import open_store
+from engine.store.backup import backup_store, read_manifest, restore_store
+from ingest.catalog import read_catalog
+from ingest.pipeline import ingest_catalog
+from snapshop.cli import app
+
+TEXTS = ["analog wrist watch", "blue denim jeans", "black leather handbag", "running shoes", "aviator sunglasses",
+         "checked casual shirt"]
+
+
+def top_tens(store, encoder, photos) -> list[list[tuple[str, float]]]:
+    searcher = Searcher(encoder, store)
+    queries = [SearchQuery(text=text, k=10) for text in TEXTS]
+    queries += [SearchQuery(image=Image.open(photo).convert("RGB"), k=10) for photo in photos]
+    return [[(r.product_id, r.score) for r in searcher.search(q).results] for q in queries]
+
+
+@pytest.fixture()
+def stored(tmp_path, small_catalog, encoder):
+    settings = StoreSettings(path=tmp_path / "live")
+    with open_store(settings, encoder.info) as store:
+        ingest_catalog(read_catalog(small_catalog), encoder, store, progress=False)
+    photos = sorted((small_catalog.parent / "images").iterdir())[::6]
+    return settings, photos
+
+
+def test_a_restored_store_gives_identical_top_tens(tmp_path, stored, encoder):
+    settings, photos = stored
+    with open_store(settings, encoder.info) as store:
+        before = top_tens(store, encoder, photos)
+        manifest = backup_store(store, tmp_path / "backup")  # while the store is open and searchable
+        assert manifest.products == 36 and manifest.model["model"] == encoder.info.name
+    fresh = StoreSettings(path=tmp_path / "restored")
+    restore_store(tmp_path / "backup", fresh.path)
+    with open_store(fresh, encoder.info) as restored:
+        assert restored.count() == 36
+        after = top_tens(restored, encoder, photos)
+    assert [[pid for pid, _ in ranked] for ranked in after] == [[pid for pid, _ in ranked] for ranked in before]
+    # The scores too, up to float summation order (the ranker's background sample comes back in
+    # another order from another copy of the shard).
+    for ranked_after, ranked_before in zip(after, before, strict=True):
+        assert [score for _, score in ranked_after] == pytest.approx([score for _, score in ranked_before], abs=1e-5)
+    assert all(len(ranked) == 10 for ranked in before)
+
+
+def test_backup_and_restore_refuse_to_overwrite(tmp_path, stored, encoder):
+    settings, _ = stored
+    (tmp_path / "taken").mkdir()
+    with open_store(settings, encoder.info) as store:
+        with pytest.raises(StoreError, match="already exists; back up into a new folder"):
+            backup_store(store, tmp_path / "taken")
+        backup_store(store, tmp_path / "backup")
+    with pytest.raises(StoreError, match="already exists; restore into another store path"):
+        restore_store(tmp_path / "backup", settings.path)
+    with pytest.raises(StoreError, match="is not a snapshop backup"):
+        read_manifest(tmp_path / "taken")
+
+
+def test_the_backup_and_restore_commands(tmp_path, stored, monkeypatch):
+    settings, _ = stored
+    runner = CliRunner()
+    made = runner.invoke(app, ["backup", str(tmp_path / "nightly"), "--store", str(settings.path)])
+    assert made.exit_code == 0, made.output
+    assert "36 products" in made.output
+    restored = runner.invoke(app, ["restore", str(tmp_path / "nightly"), "--store", str(tmp_path / "fresh")])
+    assert restored.exit_code == 0, restored.output
+    assert "36 products" in restored.output
+    again = runner.invoke(app, ["restore", str(tmp_path / "nightly"), "--store", str(tmp_path / "fresh")])
+    assert again.exit_code == 2 and "already exists" in again.output
