@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import InsecureSettings, add_error_handlers
+from api.ids import IdPathMiddleware
 from api.metrics import Metrics, MetricsMiddleware, folder_bytes
 from api.routes import router
 from api.routes.pages import STATIC
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.api.max_upload_bytes)
     # Added last, so it is the outermost: it times whole requests, refusals included.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost of all: routes (and the metrics' route templates) see ids' encoded '/' kept.
+    app.add_middleware(IdPathMiddleware)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

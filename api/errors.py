@@ -6,9 +6,12 @@ Only this module knows both sides; the engine raises typed errors and never thin
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request, status
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -18,6 +21,7 @@ from engine.errors import (
     CatalogError,
     CatalogRowError,
     InvalidImage,
+    InvalidProduct,
     InvalidQuery,
     ModelWeightsMissing,
     ProductNotFound,
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 STATUS_OF: list[tuple[type[SnapshopError], int]] = [
     (InvalidQuery, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (InvalidImage, status.HTTP_422_UNPROCESSABLE_CONTENT),
+    (InvalidProduct, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (CatalogRowError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (CatalogError, status.HTTP_422_UNPROCESSABLE_CONTENT),
     (ProductNotFound, status.HTTP_404_NOT_FOUND),
@@ -72,11 +77,6 @@ def count_error(request: Request, kind: str) -> None:
         metrics.errors.labels(kind).inc()
 
 
-async def validation_error_handler(request: Request, error: Exception) -> JSONResponse:
-    count_error(request, "RequestValidationError")
-    return await request_validation_exception_handler(request, error)
-
-
 async def counted_http_exception_handler(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     if error.status_code >= 400:  # 401, 403, 413, 415...: named by status, the detail varies
@@ -84,7 +84,37 @@ async def counted_http_exception_handler(request: Request, error: Exception) -> 
     return await http_exception_handler(request, error)
 
 
+async def invalid_request_handler(request: Request, error: Exception) -> JSONResponse:
+    """FastAPI's 422, with each error's input made printable: the body may hold NaN, Infinity or a
+    lone surrogate (Python's JSON reader takes them), which no JSON answer can carry."""
+    assert isinstance(error, RequestValidationError)
+    count_error(request, "RequestValidationError")
+    errors = [{key: value for key, value in entry.items() if key != "ctx"} for entry in error.errors()]
+    return JSONResponse({"detail": json_safe(jsonable_encoder(errors))},
+                        status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+# Deeper inputs are cut short in error answers: the reason is what matters, not an echo of it.
+SHOWN_DEPTH = 8
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` with non-finite numbers as text, unpaired surrogates escaped, and nesting past
+    ``SHOWN_DEPTH`` cut to '...'."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (list, tuple, dict)) and depth >= SHOWN_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    return value
+
+
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SnapshopError, snapshop_error_handler)
-    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(RequestValidationError, invalid_request_handler)
     app.add_exception_handler(HTTPException, counted_http_exception_handler)

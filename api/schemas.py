@@ -7,11 +7,31 @@ Lists are wrapped as ``{data, count}``.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Json,
+    JsonValue,
+    model_validator,
+)
 
 from engine.ranking import SIGNALS
+from engine.records import (
+    MAX_CATEGORY_CHARS,
+    MAX_PRICE,
+    MAX_STOCK,
+    check_category,
+    check_json_value,
+    check_price,
+    check_stock,
+    check_text,
+)
 from engine.store import SearchFilters
 
 Price = Field(None, ge=0, allow_inf_nan=False)
@@ -40,7 +60,7 @@ class SearchForm(BaseModel):
     k: int | None = Field(None, ge=1, le=10_000, description="How many products; the settings' default if unset.")
     photo_text_mix: float | None = Field(
         None, ge=0, le=1, allow_inf_nan=False, description="The text's share in a photo+text query.")
-    weights: Json[dict[str, float]] | None = Field(
+    weights: Json[dict[str, Annotated[float, Field(allow_inf_nan=False)]]] | None = Field(
         None, description=f"Ranker weight overrides as a JSON object, e.g. {{\"image\": 1, \"bm25\": 0}}; "
                           f"names: {', '.join(SIGNALS)}; each 0..10.")
     history: list[str] = Field([], max_length=50, description="Product ids the shopper viewed or bought.")
@@ -131,20 +151,22 @@ class Product(BaseModel):
 class ProductRecord(BaseModel):
     """One product to add or replace, shaped like a catalog row.
 
-    Nothing here is required by the schema: a record that cannot become a product (no id, no
-    title, no image) is reported in the answer with its row number, and the others are stored.
+    Nothing here is checked by the schema: each record is checked by ``engine.records`` like a
+    catalog row, and one that cannot become a product (no id, no title, no image, a price that is
+    not a number, a field nested too deeply) is reported in the answer with its row number and
+    reason while the others are stored.
     """
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "id": "15970", "title": "Navy Blue Casual Shirt", "image": "images/15970.jpg",
         "price": 1299.0, "category": "Shirts", "colour": "Navy Blue"}]})
 
-    id: str | int | None = None
-    title: str | None = None
-    image: str | None = Field(None, description="A path under the API's images_root, or an http(s) URL.")
-    images: list[str] | str | None = Field(None, description="Several photos of the product.")
-    price: float | None = Price
-    category: str | None = None
+    id: JsonValue = Field(None, description="The product's id (text or a number).")
+    title: JsonValue = None
+    image: JsonValue = Field(None, description="A path under the API's images_root, or an http(s) URL.")
+    images: JsonValue = Field(None, description="Several photos of the product.")
+    price: JsonValue = Field(None, description=f"A number from 0 to {MAX_PRICE:g}.")
+    category: JsonValue = None
 
 
 class RowProblem(BaseModel):
@@ -164,14 +186,20 @@ class UpsertSummary(BaseModel):
     seconds: dict[str, float]
 
 
+def _json(check: Callable[[Any, str | None], Any]) -> Callable[[Any], Any]:
+    """An ``engine.records`` check as a validator of a JSON body's value (its loc names the field)."""
+    return lambda value: check(check_json_value(value, None), None)
+
+
 class ProductPatch(BaseModel):
-    """Fields a merchandiser may change without re-embedding the product."""
+    """Fields a merchandiser may change without re-embedding the product (checked by ``engine.records``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    price: float | None = Price
-    category: str | None = Field(None, min_length=1, max_length=200)
-    stock: int | None = Field(None, ge=0)
+    price: Annotated[float | None, BeforeValidator(_json(check_price))] = Field(None, ge=0, le=MAX_PRICE)
+    category: Annotated[str | None, BeforeValidator(_json(check_category))] = Field(
+        None, min_length=1, max_length=MAX_CATEGORY_CHARS)
+    stock: Annotated[int | None, BeforeValidator(_json(check_stock))] = Field(None, ge=0, le=MAX_STOCK)
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ProductPatch:
@@ -181,7 +209,7 @@ class ProductPatch(BaseModel):
 
 
 class DeleteRequest(BaseModel):
-    ids: list[str] = Field(min_length=1, max_length=10_000)
+    ids: list[Annotated[str, AfterValidator(check_text)]] = Field(min_length=1, max_length=10_000)
 
 
 class DeleteResult(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
+from api.ids import id_segment
 from api.schemas import Product, SearchHit
 from engine.search import SearchResult
 from engine.store import StoredProduct
@@ -19,7 +20,7 @@ def image_urls(request: Request, product_id: str, payload: dict) -> list[str]:
         if str(source).startswith(REMOTE_PREFIXES):
             urls.append(str(source))
         elif source:  # '' marks a photo the ingest refused to read: nothing to show
-            urls.append(str(request.url_for("product_image", product_id=product_id, n=n)))
+            urls.append(str(request.url_for("product_image", product_id=id_segment(product_id), n=n)))
     return urls
 
 

@@ -65,3 +65,15 @@ class AnalyticsOff(SnapshopError):
 
 class UnknownQuery(SnapshopError):
     """An event or report that names a search the query log does not hold (never, or no longer)."""
+
+
+class InvalidProduct(SnapshopError, ValueError):
+    """A product value that may not be stored (engine.records says which limits); names its field.
+
+    A ``ValueError`` too, so that pydantic validators that call the checks report it as a 422.
+    """
+
+    def __init__(self, field: str | None, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"field '{field}': {reason}" if field else reason)

@@ -32,7 +32,17 @@ from typing import Any
 
 import pandas as pd
 
-from engine.errors import CatalogError, CatalogRowError
+from engine.errors import CatalogError, CatalogRowError, InvalidProduct
+from engine.records import (
+    MAX_TEXT_CHARS,
+    check_category,
+    check_fields,
+    check_id,
+    check_images,
+    check_json_record,
+    check_price,
+    check_title,
+)
 
 ID_COLUMNS = ("id", "product_id", "sku")
 TITLE_COLUMNS = ("title", "name", "product_name")
@@ -40,8 +50,11 @@ IMAGE_COLUMNS = ("images", "image", "image_url", "image_urls", "image_path", "im
 PRICE_COLUMNS = ("price",)
 CATEGORY_COLUMNS = ("category", "article_type", "product_type")
 IMAGE_SEPARATORS = ("|", ";")
-# "1,299.50" has a thousands separator; "12,50" is a decimal comma and must not become 1250.
-_THOUSANDS_PRICE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?")
+# The csv module refuses a field over 128 KB as an error of the whole record, which reads as a
+# broken quote. A longer cell is read, and then refused by engine.records with its own reason (a
+# title over its limit, say), as the API would; only beyond this is the record unreadable.
+CSV_FIELD_CHARS = 16 * MAX_TEXT_CHARS
+csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_CHARS))
 
 
 @dataclass
@@ -115,6 +128,7 @@ def catalog_from_records(records: list[dict], base_dir: Path) -> Catalog:
     seen: dict[str, int] = {}
     for row_number, record in enumerate(records, start=1):
         try:
+            check_json_record(record)
             columns = _columns(pd.DataFrame(columns=list(record)), path)
             product = _product(dict(record), row_number, columns)
         except CatalogError:
@@ -122,6 +136,9 @@ def catalog_from_records(records: list[dict], base_dir: Path) -> Catalog:
             continue
         except CatalogRowError as e:
             errors.append(e)
+            continue
+        except InvalidProduct as e:
+            errors.append(CatalogRowError(row_number, e.reason, field=e.field))
             continue
         if product.product_id in seen:
             errors.append(CatalogRowError(row_number, f"duplicate id, first seen in row {seen[product.product_id]}",
@@ -184,8 +201,9 @@ def _read_csv(path: Path, sep: str) -> _Table:
     table = _Table(header, [], [])
     for row_number, (line, cells) in enumerate(records, start=1):
         if isinstance(cells, str):
-            table.errors.append(CatalogRowError(row_number, f"line {line}: broken CSV ({cells}); an unclosed "
-                                                            "or stray quote?"))
+            hint = (f"a cell over {CSV_FIELD_CHARS} characters, or an unclosed quote?" if "field limit" in cells
+                    else "an unclosed or stray quote?")
+            table.errors.append(CatalogRowError(row_number, f"line {line}: broken CSV ({cells}); {hint}"))
             continue
         reason = _field_count_problem(cells, len(header), lines.span)
         if reason and lines.span > 1:
@@ -303,6 +321,9 @@ def _read_jsonl(path: Path) -> _Table:
         if not isinstance(record, dict):
             errors.append(CatalogRowError(number, f"a JSON object was expected, got {type(record).__name__}"))
             continue
+        if problem := _json_problem(record, number):
+            errors.append(problem)
+            continue
         columns.update(dict.fromkeys(record))
         records.append((number, record))
     if not records and not errors:
@@ -322,12 +343,22 @@ def _read_json(path: Path) -> _Table:
         raise CatalogError(f"catalog '{path}' is empty")
     records, errors, columns = [], [], {}
     for number, record in enumerate(data, start=1):
-        if isinstance(record, dict):
+        if isinstance(record, dict) and (problem := _json_problem(record, number)):
+            errors.append(problem)
+        elif isinstance(record, dict):
             columns.update(dict.fromkeys(record))
             records.append((number, record))
         else:
             errors.append(CatalogRowError(number, f"a JSON object was expected, got {type(record).__name__}"))
     return _Table(list(columns), records, errors)
+
+
+def _json_problem(record: dict, row: int) -> CatalogRowError | None:
+    try:
+        check_json_record(record)
+    except InvalidProduct as e:
+        return CatalogRowError(row, e.reason, field=e.field)
+    return None
 
 
 def _read_parquet(path: Path) -> _Table:
@@ -374,34 +405,31 @@ def _require_product_columns(columns: _Columns, names: list[str], path: Path) ->
 
 
 def _product(record: dict, row: int, columns: _Columns) -> ProductRow:
-    product_id = _text(record.get(columns.id), row, None, str(columns.id))
+    """One record as a product, checked by ``engine.records`` (the API's checks too)."""
+    try:
+        product_id = check_id(record.get(columns.id), str(columns.id))
+    except InvalidProduct as e:
+        raise CatalogRowError(row, e.reason, field=e.field) from None
     if not product_id:
         raise CatalogRowError(row, "missing id", field=str(columns.id))
-    title = _text(record.get(columns.title), row, product_id, str(columns.title)) if columns.title else ""
+    try:
+        return _checked_product(record, row, columns, product_id)
+    except InvalidProduct as e:
+        raise CatalogRowError(row, e.reason, product_id, e.field) from None
+
+
+def _checked_product(record: dict, row: int, columns: _Columns, product_id: str) -> ProductRow:
+    title = check_title(record.get(columns.title), str(columns.title)) if columns.title else ""
     if not title:
         raise CatalogRowError(row, "missing or empty title", product_id, str(columns.title or "title"))
-    images = _images(record.get(columns.images)) if columns.images else []
+    images = check_images(_images(record.get(columns.images)), str(columns.images)) if columns.images else []
     if not images:
         raise CatalogRowError(row, "no image path or URL", product_id, str(columns.images or "image"))
-    price = _price(record.get(columns.price), row, product_id, str(columns.price)) if columns.price else None
-    category = (_text(record.get(columns.category), row, product_id, str(columns.category)) or None
-                if columns.category else None)
+    price = check_price(record.get(columns.price), str(columns.price)) if columns.price else None
+    category = check_category(record.get(columns.category), str(columns.category)) if columns.category else None
     used = {columns.id, columns.title, columns.images, columns.price, columns.category}
-    fields = {str(k): _plain(v) for k, v in record.items() if k not in used and _plain(v) is not None}
+    fields = check_fields({str(k): _plain(v) for k, v in record.items() if k not in used and _plain(v) is not None})
     return ProductRow(row, product_id, title, images, price, category, fields)
-
-
-def _text(value: Any, row: int = 0, product_id: str | None = None, column: str | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, (list, tuple, dict)):
-        kind = "dict" if isinstance(value, dict) else "list"
-        raise CatalogRowError(row, f"text or a number was expected, got a {kind}", product_id, column)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # ids read as 123.0 from JSON or Parquet
-    return str(value).strip()
 
 
 def _images(value: Any) -> list[str]:
@@ -427,26 +455,6 @@ def _images(value: Any) -> list[str]:
         value = [value]
     sources = (v for v in value if v is not None and not isinstance(v, (list, dict)))
     return [str(v).strip() for v in sources if str(v).strip()]
-
-
-def _price(value: Any, row: int, product_id: str, column: str) -> float | None:
-    if isinstance(value, bool):
-        raise CatalogRowError(row, f"price {value} is not a number", product_id, column)
-    text = _text(value, row, product_id, column)
-    if not text:
-        return None
-    if isinstance(value, str) and "," in text:
-        if not _THOUSANDS_PRICE.fullmatch(text):
-            raise CatalogRowError(row, f"price '{text[:40]}' is ambiguous: write decimals with a dot (12.50)",
-                                  product_id, column)
-        text = text.replace(",", "")
-    try:
-        price = float(text) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise CatalogRowError(row, f"price '{text[:40]}' is not a number", product_id, column) from None
-    if not math.isfinite(price) or price < 0:
-        raise CatalogRowError(row, f"price {text[:40]} must be a finite number >= 0", product_id, column)
-    return price
 
 
 def _plain(value: Any) -> Any:

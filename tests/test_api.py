@@ -305,7 +305,8 @@ def test_product_photos_are_served_from_the_payload(client, shop):
 @pytest.mark.parametrize("path, status, detail", [
     ("/images/{id}/1", 404, "product '{id}' has no photo 1"),
     ("/images/nope/0", 404, "no product with id 'nope'"),
-    ("/images/..%2F..%2Fetc%2Fpasswd/0", 404, "Not Found"),  # %2F is a '/': no route matches
+    # %2F is a '/' inside the id: it names a product, never a path
+    ("/images/..%2F..%2Fetc%2Fpasswd/0", 404, "no product with id '../../etc/passwd'"),
 ])
 def test_only_listed_photos_of_known_products_are_served(client, shop, path, status, detail):
     product_id = shop[1][5]["id"]
@@ -413,7 +414,6 @@ def test_upsert_reports_bad_rows_by_number_and_stores_the_rest(client, shop):
 
 @pytest.mark.parametrize("body, detail", [
     ([], "List should have at least 1 item after validation, not 0"),
-    ([{"id": "1", "title": "x", "image": "a.jpg", "price": -5}], "Input should be greater than or equal to 0"),
     ({"id": "1"}, "Input should be a valid list"),
 ])
 def test_upsert_of_a_malformed_body_is_422(client, body, detail):
@@ -447,9 +447,9 @@ def test_patch_changes_price_category_and_stock_without_re_embedding(client, ext
 
 @pytest.mark.parametrize("body, status, detail", [
     ({}, 422, "Value error, give at least one of price, category, stock"),
-    ({"price": -1}, 422, "Input should be greater than or equal to 0"),
+    ({"price": -1}, 422, "Value error, price -1 must be a finite number >= 0"),
     ({"colour": "red"}, 422, "Extra inputs are not permitted"),
-    ({"stock": 1.5}, 422, "Input should be a valid integer, got a number with a fractional part"),
+    ({"stock": 1.5}, 422, "Value error, stock 1.5 is not a whole number"),
 ])
 def test_a_patch_that_changes_nothing_valid_is_422(client, extra_product, body, status, detail):
     response = client.patch(f"/products/{extra_product['id']}", json=body, headers=AUTH)

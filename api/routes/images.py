@@ -14,6 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from api.deps import RuntimeDep
+from api.ids import ProductIdPath
 from api.schemas import error_responses
 from api.views import REMOTE_PREFIXES
 
@@ -23,7 +24,7 @@ CACHE_SECONDS = 3600
 
 @router.get("/images/{product_id}/{n}", name="product_image", summary="A product's n-th photo",
             response_class=Response, responses={200: {"content": {"image/*": {}}}, **error_responses(404)})
-async def product_image(product_id: str, n: Annotated[int, PathParam(ge=0, le=1000)],
+async def product_image(product_id: ProductIdPath, n: Annotated[int, PathParam(ge=0, le=1000)],
                         runtime: RuntimeDep) -> Response:
     found = await runtime.run(runtime.store.get, [product_id])
     if product_id not in found:

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 
 from api.deps import RequireApiKey, RuntimeDep
+from api.ids import ProductIdPath
 from api.runtime import Runtime
 from api.schemas import (
     DeleteRequest,
@@ -42,14 +43,14 @@ async def _stored(runtime: Runtime, product_id: str) -> StoredProduct:
 
 
 @router.get("/{product_id}", summary="One product", responses=error_responses(404))
-async def get_product(product_id: str, request: Request, runtime: RuntimeDep) -> Product:
+async def get_product(product_id: ProductIdPath, request: Request, runtime: RuntimeDep) -> Product:
     return to_product(await _stored(runtime, product_id), request)
 
 
 @router.get("/{product_id}/similar", summary="Products that look like this one",
             responses=error_responses(404, 422))
 async def similar_products(
-    product_id: str, request: Request, runtime: RuntimeDep, params: Annotated[SimilarParams, Query()],
+    product_id: ProductIdPath, request: Request, runtime: RuntimeDep, params: Annotated[SimilarParams, Query()],
 ) -> SimilarResults:
     results = await runtime.run(runtime.searcher.similar, product_id, params.k, params.filters(),
                                 tuple(params.negative))
@@ -89,7 +90,7 @@ def _upsert_summary(summary: IngestSummary) -> UpsertSummary:
 
 @router.patch("/{product_id}", summary="Change price, category or stock without re-embedding",
               dependencies=[RequireApiKey], responses=error_responses(401, 403, 404, 422))
-async def update_product(product_id: str, patch: ProductPatch, request: Request, runtime: RuntimeDep) -> Product:
+async def update_product(product_id: ProductIdPath, patch: ProductPatch, request: Request, runtime: RuntimeDep) -> Product:
     async with runtime.write_lock:  # read-modify-write of the payload: no other write in between
         stored = await _stored(runtime, product_id)
         values = _patched_payload(stored.payload, patch)
@@ -111,7 +112,7 @@ def _patched_payload(payload: dict, patch: ProductPatch) -> dict:
 
 @router.delete("/{product_id}", summary="Delete one product", status_code=status.HTTP_204_NO_CONTENT,
                dependencies=[RequireApiKey], responses=error_responses(401, 403, 404))
-async def delete_product(product_id: str, runtime: RuntimeDep) -> Response:
+async def delete_product(product_id: ProductIdPath, runtime: RuntimeDep) -> Response:
     async with runtime.write_lock:
         await _stored(runtime, product_id)
         await runtime.run(runtime.store.delete, [product_id])

@@ -8,6 +8,7 @@ product overwrites it instead of duplicating it.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Iterator
@@ -18,6 +19,7 @@ import numpy as np
 
 from engine.encoder import ModelInfo
 from engine.errors import InvalidQuery, StoreModelMismatch
+from engine.records import check_payload
 
 IMAGE_VECTOR = "image"  # photos in the joint space (multivector, MaxSim)
 TEXT_VECTOR = "text"  # the title in the joint space
@@ -47,8 +49,12 @@ EF_MULTIPLE = {SENTENCE_VECTOR: 4}
 
 @lru_cache(maxsize=65536)
 def point_id(product_id: str) -> str:
-    """The Qdrant point id of a shop's product id (Qdrant ids are integers or UUIDs)."""
-    return str(uuid.uuid5(_ID_NAMESPACE, str(product_id)))
+    """The Qdrant point id of a shop's product id (Qdrant ids are integers or UUIDs). Any string
+    has one, even one that is not valid Unicode (a lookup of it finds nothing, and no error)."""
+    name = str(product_id).encode("utf-8", "surrogatepass")
+    # uuid.uuid5 itself, which takes text only (and refuses a lone surrogate): RFC 4122 version 5.
+    digest = hashlib.sha1(_ID_NAMESPACE.bytes + name, usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
 
 
 @dataclass
@@ -236,6 +242,14 @@ def check_model(stored: dict, info: ModelInfo, where: str) -> None:
 def model_record(info: ModelInfo) -> dict:
     return {"model": info.name, "model_version": info.version, "dim": info.dim, "look_dim": info.look_dim,
             "schema": 3}
+
+
+def stored_payload(p: ProductPoint) -> dict:
+    """The payload a point is stored with, refused (``InvalidProduct``) when the store could not
+    read it back: every write goes through here or ``check_payload``, whoever validated before."""
+    payload = {**p.payload, "product_id": p.product_id}
+    check_payload(payload)
+    return payload
 
 
 def vectors_of(vector) -> tuple[np.ndarray | None, ...]:

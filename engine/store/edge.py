@@ -31,6 +31,7 @@ import qdrant_edge as qe
 
 from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
+from engine.records import check_payload
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
@@ -52,6 +53,7 @@ from engine.store.base import (
     model_record,
     named_vectors,
     point_id,
+    stored_payload,
     vectors_of,
 )
 
@@ -195,13 +197,13 @@ class EdgeStore(VectorStore):
         if not points:
             return
         edge_points = [
-            qe.Point(id=point_id(p.product_id), vector=_named(p), payload={**p.payload, "product_id": p.product_id})
-            for p in points
+            qe.Point(id=point_id(p.product_id), vector=_named(p), payload=stored_payload(p)) for p in points
         ]
         with self._write_lock:
             self.shard.update(qe.UpdateOperation.upsert_points(edge_points))
 
     def set_payload(self, product_id: str, values: dict) -> None:
+        check_payload(values)
         with self._write_lock:
             self.shard.update(qe.UpdateOperation.set_payload([point_id(product_id)], values))
 

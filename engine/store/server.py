@@ -14,6 +14,7 @@ from qdrant_client import models as qm
 
 from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
+from engine.records import check_payload
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
@@ -35,6 +36,7 @@ from engine.store.base import (
     model_record,
     named_vectors,
     point_id,
+    stored_payload,
     vectors_of,
 )
 from engine.store.edge import BOOKKEEPING
@@ -98,14 +100,14 @@ class ServerStore(VectorStore):
         self.client.upsert(
             self.collection,
             points=[
-                qm.PointStruct(id=point_id(p.product_id), vector=_named(p),
-                               payload={**p.payload, "product_id": p.product_id})
+                qm.PointStruct(id=point_id(p.product_id), vector=_named(p), payload=stored_payload(p))
                 for p in points
             ],
             wait=True,
         )
 
     def set_payload(self, product_id: str, values: dict) -> None:
+        check_payload(values)
         self.client.set_payload(self.collection, payload=values, points=[point_id(product_id)], wait=True)
 
     def delete(self, product_ids: Iterable[str]) -> None:
