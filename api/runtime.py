@@ -21,8 +21,9 @@ import anyio.to_thread
 from api.ratelimit import RateLimiter
 from engine.analytics.log import QueryLog
 from engine.encoder import Encoder, load_encoder
+from engine.images import DecodeBudget
 from engine.search import Searcher
-from engine.settings import Settings
+from engine.settings import ApiSettings, Settings
 from engine.store import VectorStore, open_store
 
 T = TypeVar("T")
@@ -38,6 +39,7 @@ class Runtime:
     write_lock: anyio.Lock = field(default_factory=anyio.Lock)
     query_log: QueryLog | None = None  # only when search analytics are on
     event_limiter: RateLimiter | None = None
+    decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(ApiSettings().decode_budget_bytes))
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
         """``function(*args, **kwargs)`` in a worker thread, at most ``api.search_threads`` at once."""
@@ -65,7 +67,8 @@ async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> R
     query_log = QueryLog(analytics.path, analytics.retention_days) if analytics.enabled else None
     # Locks and limiters belong to the event loop, so they are made here and not in the thread.
     return Runtime(settings, encoder, store, searcher, anyio.CapacityLimiter(settings.api.search_threads),
-                   query_log=query_log, event_limiter=RateLimiter(analytics.events_per_minute))
+                   query_log=query_log, event_limiter=RateLimiter(analytics.events_per_minute),
+                   decode_budget=DecodeBudget(settings.api.decode_budget_bytes))
 
 
 def _open_engine(settings: Settings, encoder: Encoder | None) -> tuple[Encoder, VectorStore]:

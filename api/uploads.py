@@ -13,7 +13,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.images import decode_image
+from engine.images import DecodeBudget, decode_image
+from engine.settings import ApiSettings
 
 # Room for the form's other fields and the multipart boundaries around the photo.
 FORM_OVERHEAD_BYTES = 256 * 1024
@@ -113,6 +114,9 @@ async def read_photo(upload: UploadFile, max_bytes: int) -> bytes | None:
     return bytes(data)
 
 
-def decode_photo(data: bytes, filename: str | None, max_bytes: int) -> Image.Image:
-    """Blocking: decode in a worker thread. Raises InvalidImage with the reason."""
-    return decode_image(data, source=f"photo '{filename}'" if filename else "photo", max_bytes=max_bytes)
+def decode_photo(data: bytes, filename: str | None, settings: ApiSettings,
+                 budget: DecodeBudget) -> Image.Image:
+    """Blocking: decode in a worker thread, within the request's limits and the server's budget.
+    Raises InvalidImage with the reason (DecodeBusy when the budget stays full)."""
+    return decode_image(data, source=f"photo '{filename}'" if filename else "photo",
+                        max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels, budget=budget)

@@ -23,6 +23,10 @@ class InvalidImage(SnapshopError):
     """An image that cannot be read, decoded or fetched; the message says why."""
 
 
+class DecodeBusy(SnapshopError):
+    """Photos being decoded hold the whole decode budget for longer than a request may wait."""
+
+
 class InvalidQuery(SnapshopError):
     """A search request that cannot be answered as asked (no text and no photo, bad range...)."""
 

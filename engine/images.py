@@ -13,17 +13,25 @@ refused above ``max_pixels``, and JPEGs decode at a reduced scale (draft mode).
 from __future__ import annotations
 
 import io
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from engine.errors import InvalidImage
+from engine.errors import DecodeBusy, InvalidImage
 
 # The encoders look at 224 px; keeping a margin lets crops and later models use a bit more.
 WORKING_SIZE = 448
 DEFAULT_MAX_PIXELS = 60_000_000
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
+# Memory a decode takes per pixel at its peak: a 59-megapixel 16-bit grey PNG (115 KB) took
+# 395 MB, 6.7 bytes a pixel (16-bit samples, widened to 32 for scaling, then 8-bit RGB).
+PEAK_BYTES_PER_PIXEL = 7
 # Photo formats shops and phones produce, as far as this Pillow reads them (the multi-picture
 # JPEGs some cameras write come through the JPEG reader).
 Image.init()
@@ -42,8 +50,13 @@ def decode_image(
     source: str = "image",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    budget: DecodeBudget | None = None,
 ) -> Image.Image:
-    """Decode ``data`` into an upright RGB image at most ``WORKING_SIZE`` px on its short side."""
+    """Decode ``data`` into an upright RGB image at most ``WORKING_SIZE`` px on its short side.
+
+    With a ``budget``, the memory the decoding takes is reserved from it first (waiting for room),
+    so that many large photos at once cannot take more than the budget together.
+    """
     if not data:
         raise InvalidImage(f"{source}: empty file (0 bytes)")
     if len(data) > max_bytes:
@@ -53,13 +66,9 @@ def decode_image(
         # JPEG draft decoding scales by 1/2..1/8 inside the decoder: a 12 MP phone photo
         # decodes in a fraction of the time and memory.
         image.draft("RGB", (WORKING_SIZE, WORKING_SIZE))
-        image = _upright(image)
-        image = _to_rgb(image)
-        image = _crop_aspect(image)
-        image.thumbnail((WORKING_SIZE * 4, WORKING_SIZE * 4))
-        image = _shrink_short_side(image)
-        image.load()
-    except InvalidImage:
+        with budget.reserve(decoding_cost(image, len(data)), source) if budget else nullcontext():
+            return _decoded(image)
+    except (InvalidImage, DecodeBusy):
         raise
     except Image.DecompressionBombError as e:
         raise InvalidImage(f"{source}: not a readable image ({_reason(e)})") from e
@@ -67,17 +76,37 @@ def decode_image(
         raise InvalidImage(f"{source}: too large to decode in the memory available") from e
     except Exception as e:  # any failure of a decoder on foreign bytes is this image's problem
         raise InvalidImage(f"{source}: broken or truncated image ({_reason(e)})") from e
+
+
+def _decoded(image: Image.Image) -> Image.Image:
+    image = _upright(image)
+    image = _to_rgb(image)
+    image = _crop_aspect(image)
+    image.thumbnail((WORKING_SIZE * 4, WORKING_SIZE * 4))
+    image = _shrink_short_side(image)
+    image.load()
     return image
 
 
+def decoding_cost(image: Image.Image, compressed_bytes: int) -> int:
+    """Bytes of memory decoding ``image`` (its header read, its draft scale set) takes at most."""
+    width, height = image.size
+    return compressed_bytes + width * height * PEAK_BYTES_PER_PIXEL
+
+
 def load_image_file(path: Path, **limits) -> Image.Image:
-    """Read and decode a local image file."""
+    """Read and decode a local image file; only a regular file is read (a FIFO would block for
+    ever, a device such as /dev/zero never end)."""
+    return decode_image(read_image_file(path, limits.get("max_bytes", DEFAULT_MAX_BYTES)), source=str(path),
+                        **limits)
+
+
+def read_image_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` (else ``InvalidImage``)."""
     try:
-        size = path.stat().st_size
-        max_bytes = limits.get("max_bytes", DEFAULT_MAX_BYTES)
-        if size > max_bytes:
-            raise InvalidImage(f"{path}: {size} bytes is more than the limit of {max_bytes}")
-        data = path.read_bytes()
+        # Non-blocking, so that opening a FIFO returns at once instead of waiting for a writer;
+        # the file's kind is then read from the open descriptor, not from the name (no race).
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as e:
         raise InvalidImage(f"{path}: file not found") from e
     except IsADirectoryError as e:
@@ -86,7 +115,60 @@ def load_image_file(path: Path, **limits) -> Image.Image:
         raise InvalidImage(f"{path}: permission denied") from e
     except OSError as e:  # a name too long, an I/O error, a path through a file
         raise InvalidImage(f"{path}: cannot be read ({_reason(e)})") from e
-    return decode_image(data, source=str(path), **limits)
+    try:
+        _check_regular_file(path, os.fstat(descriptor), max_bytes)
+        with os.fdopen(os.dup(descriptor), "rb", buffering=0) as handle:
+            data = handle.read(max_bytes + 1)  # the file may have grown since
+    except OSError as e:
+        raise InvalidImage(f"{path}: cannot be read ({_reason(e)})") from e
+    finally:
+        os.close(descriptor)
+    if len(data) > max_bytes:
+        raise InvalidImage(f"{path}: more than the limit of {max_bytes} bytes")
+    return data
+
+
+def _check_regular_file(path: Path, status: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISDIR(status.st_mode):
+        raise InvalidImage(f"{path}: is a directory, not an image")
+    if not stat.S_ISREG(status.st_mode):
+        raise InvalidImage(f"{path}: not a regular file (a FIFO, device or socket); photos are read from files only")
+    if status.st_size > max_bytes:
+        raise InvalidImage(f"{path}: {status.st_size} bytes is more than the limit of {max_bytes}")
+
+
+class DecodeBudget:
+    """Memory for decoding photos, shared by every decode given it (a server's uploads).
+
+    A decode reserves what it will take (``decoding_cost``) and waits while the others hold
+    too much; one that would take more than the whole budget is refused at once, and one that
+    waits more than ``wait_s`` gives up with ``DecodeBusy``.
+    """
+
+    def __init__(self, max_bytes: int, wait_s: float = 30.0):
+        self.max_bytes = max_bytes
+        self.wait_s = wait_s
+        self.in_use = 0
+        self.peak = 0  # the most ever held at once
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, cost: int, source: str = "image") -> Iterator[None]:
+        if cost > self.max_bytes:
+            raise InvalidImage(f"{source}: decoding it takes about {cost // 2**20} MB, more than the budget of "
+                               f"{self.max_bytes // 2**20} MB for all photos being decoded at once")
+        with self._room:
+            if not self._room.wait_for(lambda: self.in_use + cost <= self.max_bytes, timeout=self.wait_s):
+                raise DecodeBusy(f"too many large photos are being decoded right now; try again in a moment "
+                                 f"({self.in_use // 2**20} MB of {self.max_bytes // 2**20} MB in use)")
+            self.in_use += cost
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._room:
+                self.in_use -= cost
+                self._room.notify_all()
 
 
 def _open(data: bytes, source: str, max_pixels: int) -> Image.Image:

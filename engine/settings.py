@@ -110,6 +110,13 @@ class ApiSettings(BaseModel):
         "The default is refused when environment is 'production'.",
     )
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest shopper photo accepted.")
+    max_upload_pixels: int = Field(
+        50_000_000, ge=10_000, description="Largest shopper photo accepted, in pixels (phones take 12 to 50 MP).")
+    decode_budget_bytes: int = Field(
+        1024 * 1024 * 1024, ge=64 * 1024 * 1024,
+        description="Memory all shopper photos being decoded at once may take together; a photo waits for "
+        "room (at most 30 s, then 503).",
+    )
     max_upsert_records: int = Field(1000, ge=1, le=100_000, description="Products per upsert request.")
     images_root: Path = Field(
         Path("var/images"), description="Folder that relative image paths in API upserts are read from.",

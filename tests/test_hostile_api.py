@@ -151,3 +151,16 @@ def test_any_id_the_catalog_holds_works_in_every_route_and_link(client, shop):
         assert client.get(path_of("a")).status_code == 404  # 'a/b' was never 'a'
     finally:
         client.post("/products/bulk-delete", json={"ids": ODD_IDS}, headers=AUTH)
+
+
+# --- photos -------------------------------------------------------------------------------------
+def test_a_photo_over_the_pixel_limit_is_422_before_it_is_decoded(client):
+    from tests.test_hostile_photos import png
+
+    data = png(7200, 7200, level=9)  # 51.8 megapixels in 50 KB
+    assert len(data) < 200 * 1024
+    response = client.post("/search", files={"photo": ("big.png", data, "image/png")})
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("photo 'big.png': 7200x7200 pixels is more than the limit of 50000000 "
+                                         "(possible decompression bomb)")
+    assert client.app.state.runtime.decode_budget.in_use == 0

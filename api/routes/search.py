@@ -66,7 +66,7 @@ async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> tuple[Im
     data = await read_photo(photo, limit)
     if data is None:
         return None, None
-    return await runtime.run(decode_photo, data, photo.filename, limit), data
+    return await runtime.run(decode_photo, data, photo.filename, runtime.settings.api, runtime.decode_budget), data
 
 
 @router.get("/search/defaults", summary="Ranker weights and limits the shopper page starts from")
