@@ -47,6 +47,10 @@ class CatalogRowError(SnapshopError):
         super().__init__(f"{where}: {reason}")
 
 
+class PruneRefused(SnapshopError):
+    """A prune that would delete more of the store than its settings allow (an empty or cut-short catalog?)."""
+
+
 class StoreError(SnapshopError):
     """A vector store that cannot be opened or written."""
 

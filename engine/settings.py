@@ -63,6 +63,11 @@ class IngestSettings(BaseModel):
     url_timeout_s: float = Field(10.0, gt=0, description="Timeout for downloading one image URL.")
     allow_private_urls: bool = Field(False, description="Allow image URLs on loopback or private networks.")
     upsert_batch: int = Field(64, ge=1, le=10_000, description="Products written to the store per call.")
+    prune_max_share: float = Field(
+        0.25, ge=0.0, le=1.0,
+        description="The most of the store --prune may delete without --force (an empty or cut-short catalog "
+        "would otherwise empty it).",
+    )
 
 
 class SearchSettings(BaseModel):

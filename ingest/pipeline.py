@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from engine.encoder import Encoder
-from engine.errors import InvalidImage
+from engine.errors import InvalidImage, PruneRefused
 from engine.fetch import fetch_url
 from engine.images import decode_image, load_image_file
 from engine.lexical import title_terms
@@ -61,6 +61,8 @@ class IngestSummary:
     bad_images: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)  # ids deleted by --prune (or that would be, in a dry run)
+    dry_run: bool = False
 
     @property
     def stored(self) -> int:
@@ -72,7 +74,7 @@ class IngestSummary:
             "payload_only": self.payload_only, "unchanged": self.unchanged, "deleted": self.deleted,
             "skipped": len(self.skipped_rows), "bad_images": len(self.bad_images),
             "problems": [str(p) for p in self.skipped_rows + self.bad_images],
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "dry_run": self.dry_run, "pruned": list(self.pruned),
             "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
         }
 
@@ -159,33 +161,34 @@ def ingest_catalog(
     prune: bool = False,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> IngestSummary:
     """Bring the store in line with ``catalog``; returns what was done and what was skipped.
 
     Every row ends up counted once: ``summary.stored + len(summary.skipped_rows) == summary.rows``.
+    With ``prune``, products the catalog no longer lists are deleted, unless they are more than
+    ``settings.prune_max_share`` of the store: then ``PruneRefused`` before anything is written,
+    unless ``force``. ``dry_run`` writes nothing and says what would be done (``summary.pruned``:
+    the ids that would be deleted).
     """
     settings = settings or IngestSettings()
-    summary = IngestSummary(str(catalog.path), rows=len(catalog.rows) + len(catalog.errors))
+    summary = IngestSummary(str(catalog.path), rows=len(catalog.rows) + len(catalog.errors), dry_run=dry_run)
     summary.skipped_rows = [Problem(e.row, e.product_id, e.reason + (f" [{e.field}]" if e.field else ""))
                             for e in catalog.errors]
     loader = ImageLoader(catalog.base_dir, settings)
     started = time.perf_counter()
     stored = dict(store.scroll_ids())
-    to_embed: list[tuple[ProductRow, str, str]] = []
-    for row in catalog.rows:
-        c_hash, m_hash = content_hash(row, loader, encoder.info.tag), meta_hash(row)
-        previous = stored.get(row.product_id)
-        if previous and previous.get("content_hash") == c_hash:
-            if previous.get("meta_hash") == m_hash:
-                summary.unchanged += 1
-            else:
-                payload = payload_of(row, c_hash, m_hash, encoder.info.tag, loader)
-                store.set_payload(row.product_id, payload)
-                summary.payload_only += 1
-        else:
-            to_embed.append((row, c_hash, m_hash))
     if prune:
-        _prune(catalog, stored, store, summary)
+        summary.pruned = _to_prune(catalog, stored, summary)
+        _check_prune_share(len(summary.pruned), len(stored), settings.prune_max_share, force, dry_run, summary)
+    to_embed = _plan(catalog, stored, loader, encoder, store, summary, dry_run)
+    if dry_run:
+        summary.added = sum(row.product_id not in stored for row, *_ in to_embed)
+        summary.updated, summary.deleted = len(to_embed) - summary.added, len(summary.pruned)
+        return summary
+    store.delete(summary.pruned)
+    summary.deleted = len(summary.pruned)
     summary.seconds["plan"] = time.perf_counter() - started
     _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch)
     t = time.perf_counter()
@@ -195,8 +198,26 @@ def ingest_catalog(
     return summary
 
 
-def _prune(catalog: Catalog, stored: dict, store: VectorStore, summary: IngestSummary) -> None:
-    """Delete stored products the catalog no longer lists.
+def _plan(catalog, stored, loader, encoder, store, summary, dry_run) -> list[tuple[ProductRow, str, str]]:
+    """Rows to embed; unchanged ones are counted, and a changed payload alone is rewritten here."""
+    to_embed: list[tuple[ProductRow, str, str]] = []
+    for row in catalog.rows:
+        c_hash, m_hash = content_hash(row, loader, encoder.info.tag), meta_hash(row)
+        previous = stored.get(row.product_id)
+        if previous and previous.get("content_hash") == c_hash:
+            if previous.get("meta_hash") == m_hash:
+                summary.unchanged += 1
+            else:
+                if not dry_run:
+                    store.set_payload(row.product_id, payload_of(row, c_hash, m_hash, encoder.info.tag, loader))
+                summary.payload_only += 1
+        else:
+            to_embed.append((row, c_hash, m_hash))
+    return to_embed
+
+
+def _to_prune(catalog: Catalog, stored: dict, summary: IngestSummary) -> list[str]:
+    """Stored products the catalog no longer lists.
 
     A product whose row is in the catalog but invalid this time (a typo in its price) is still
     listed: its stored version stays. A row too broken to tell whose it is (a broken quote)
@@ -209,11 +230,23 @@ def _prune(catalog: Catalog, stored: dict, store: VectorStore, summary: IngestSu
                    "so no product is deleted; fix them and ingest with --prune again")
         summary.warnings.append(message)
         log.warning(message)
-        return
+        return []
     listed = {row.product_id for row in catalog.rows} | {error.product_id for error in catalog.errors}
-    gone = sorted(set(stored) - listed)
-    store.delete(gone)
-    summary.deleted = len(gone)
+    return sorted(set(stored) - listed)
+
+
+def _check_prune_share(gone: int, held: int, max_share: float, force: bool, dry_run: bool,
+                       summary: IngestSummary) -> None:
+    """An empty or cut-short catalog must not empty the store: a large prune needs ``force``."""
+    if not gone or force or gone <= max_share * held:
+        return
+    message = (f"prune would delete {gone} of the {held} stored products ({gone / held:.0%}), more than "
+               f"{max_share:.0%} of the store (SNAPSHOP_INGEST__PRUNE_MAX_SHARE). Is the catalog complete? "
+               "See what would go with --dry-run; delete them anyway with --force")
+    if dry_run:
+        summary.warnings.append(message)
+        return
+    raise PruneRefused(message)
 
 
 def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch) -> None:

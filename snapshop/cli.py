@@ -62,6 +62,10 @@ def ingest(
     qdrant_url: UrlOpt = None,
     model: ModelOpt = None,
     prune: Annotated[bool, typer.Option(help="Delete stored products that are not in the catalog.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Let --prune delete more than SNAPSHOP_INGEST__PRUNE_MAX_SHARE of the store.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="Write nothing; say what would be added, re-embedded and (with --prune) deleted.")] = False,
     report: Annotated[Optional[Path], typer.Option(help="Write the summary as JSON here.")] = None,
 ) -> None:
     """Embed a catalog's photos and titles into the store (idempotent, resumable)."""
@@ -76,11 +80,15 @@ def ingest(
         encoder = load_encoder(settings.model)
         with open_store(settings.store, encoder.info) as vector_store:
             summary = ingest_catalog(parsed, encoder, vector_store, settings.ingest, prune=prune,
-                                     progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")))
+                                     progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
+                                     force=force, dry_run=dry_run)
             total = vector_store.count()
     except SnapshopError as e:
         fail(str(e))
     data = summary.as_dict()
+    if dry_run:
+        _echo_dry_run(catalog, data, total, report)
+        return
     typer.echo(
         f"{catalog}: {data['rows']} rows -> {data['added']} added, {data['updated']} re-embedded, "
         f"{data['payload_only']} payload updated, {data['unchanged']} unchanged, {data['deleted']} deleted, "
@@ -91,10 +99,28 @@ def ingest(
         typer.echo(f"  skipped {problem}", err=True)
     if len(data["problems"]) > 50:
         typer.echo(f"  ... and {len(data['problems']) - 50} more (see --report)", err=True)
+    for warning in data["warnings"]:
+        typer.echo(f"  warning: {warning}", err=True)
     if report:
         report.write_text(json.dumps(data, indent=2))
     if summary.stored == 0 and data["rows"] > 0:
         raise typer.Exit(1)
+
+
+def _echo_dry_run(catalog: Path, data: dict, total: int, report: Path | None) -> None:
+    typer.echo(
+        f"dry run, nothing written: {catalog}: {data['rows']} rows -> would add {data['added']}, re-embed "
+        f"{data['updated']}, update the payload of {data['payload_only']}, leave {data['unchanged']} unchanged, "
+        f"delete {data['deleted']} of the {total} stored; {data['skipped']} rows skipped"
+    )
+    for product_id in data["pruned"][:50]:
+        typer.echo(f"  would delete {product_id}")
+    if len(data["pruned"]) > 50:
+        typer.echo(f"  ... and {len(data['pruned']) - 50} more (see --report)")
+    for warning in data["warnings"]:
+        typer.echo(f"  warning: {warning}", err=True)
+    if report:
+        report.write_text(json.dumps(data, indent=2))
 
 
 @app.command()
