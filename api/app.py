@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import InsecureSettings, add_error_handlers
 from api.ids import IdPathMiddleware
+from api.index_watch import watch_index
 from api.metrics import Metrics, MetricsMiddleware, folder_bytes
 from api.routes import router
 from api.routes.pages import STATIC
@@ -39,7 +41,11 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
         runtime = await start_runtime(settings, encoder)
         app.state.runtime = runtime
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if settings.store.backend == "edge":  # a server's alias needs no watching: Qdrant resolves it
+                    tasks.start_soon(watch_index, runtime, settings)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             app.state.runtime = None
             await runtime.close()

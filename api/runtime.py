@@ -21,10 +21,12 @@ import anyio.to_thread
 from api.ratelimit import RateLimiter
 from engine.analytics.log import QueryLog
 from engine.encoder import Encoder, load_encoder
+from engine.errors import StoreUnavailable
 from engine.images import DecodeBudget
 from engine.search import Searcher
 from engine.settings import ApiSettings, Settings
 from engine.store import VectorStore, open_store
+from engine.store.aliases import live_settings, physical_collection
 
 T = TypeVar("T")
 
@@ -40,16 +42,43 @@ class Runtime:
     query_log: QueryLog | None = None  # only when search analytics are on
     event_limiter: RateLimiter | None = None
     decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(ApiSettings().decode_budget_bytes))
+    collection: str = ""  # the collection served now (the settings' name may be an alias of it)
+    # Each switch of index is a generation; reads in flight are counted per generation, so the
+    # old index is closed only when the last search that started on it is done.
+    generation: int = 0
+    in_flight: dict[int, int] = field(default_factory=dict)
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
         """``function(*args, **kwargs)`` in a worker thread, at most ``api.search_threads`` at once."""
-        return await anyio.to_thread.run_sync(partial(function, *args, **kwargs), limiter=self.limiter)
+        generation = self.generation  # the objects in ``args`` were read in this same step of the loop
+        self.in_flight[generation] = self.in_flight.get(generation, 0) + 1
+        try:
+            return await anyio.to_thread.run_sync(partial(function, *args, **kwargs), limiter=self.limiter)
+        finally:
+            self.in_flight[generation] -= 1
+            if not self.in_flight[generation]:
+                del self.in_flight[generation]
 
     async def write(self, function: Callable[..., T], *args, **kwargs) -> T:
         """``function`` in a worker thread, one write at a time; it takes no search slot, so a long
         upsert does not starve shoppers' searches."""
+        generation = self.generation
         async with self.write_lock:
+            if generation != self.generation:  # its store was read before the switch: not written there
+                raise StoreUnavailable("the live index was switched while this write waited; send it again")
             return await anyio.to_thread.run_sync(partial(function, *args, **kwargs))
+
+    async def switch(self, settings: Settings, encoder: Encoder, store: VectorStore, collection: str) -> None:
+        """Serve from another index from this moment on. Writes are held off while the objects change
+        hands; the old store is closed once the searches that started on it are done."""
+        async with self.write_lock:
+            old_store, old_generation = self.store, self.generation
+            self.settings, self.encoder, self.store, self.collection = settings, encoder, store, collection
+            self.searcher = Searcher(encoder, store, settings.search)
+            self.generation += 1
+        while self.in_flight.get(old_generation):
+            await anyio.sleep(0.01)
+        await anyio.to_thread.run_sync(old_store.close)
 
     async def close(self) -> None:
         """Close the store once in-flight writes are done, so the next process can open it."""
@@ -61,6 +90,7 @@ class Runtime:
 
 async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> Runtime:
     """Load the model (unless given one) and open the store, off the event loop."""
+    settings = live_settings(settings)  # the model that made the live index, when it was re-indexed
     encoder, store = await anyio.to_thread.run_sync(_open_engine, settings, encoder)
     searcher = Searcher(encoder, store, settings.search)
     analytics = settings.analytics
@@ -68,7 +98,9 @@ async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> R
     # Locks and limiters belong to the event loop, so they are made here and not in the thread.
     return Runtime(settings, encoder, store, searcher, anyio.CapacityLimiter(settings.api.search_threads),
                    query_log=query_log, event_limiter=RateLimiter(analytics.events_per_minute),
-                   decode_budget=DecodeBudget(settings.api.decode_budget_bytes))
+                   decode_budget=DecodeBudget(settings.api.decode_budget_bytes),
+                   collection=physical_collection(settings.store) if settings.store.backend == "edge"
+                   else settings.store.collection)
 
 
 def _open_engine(settings: Settings, encoder: Encoder | None) -> tuple[Encoder, VectorStore]:

@@ -26,6 +26,10 @@ class StoreSettings(BaseModel):
         None, ge=1, description="Shards of a new server collection; a Qdrant cluster spreads them over its "
         "nodes. None: the server's default (one per node in a cluster).",
     )
+    alias_poll_s: float = Field(
+        2.0, gt=0, description="How often a server checks whether `snapshop reindex` switched its collection "
+        "name to a new index (embedded store).",
+    )
     replication_factor: int | None = Field(
         None, ge=1, description="Copies of each shard of a new server collection, on different cluster nodes. "
         "None: the server's default (1).",

@@ -34,7 +34,10 @@ def build_settings(store: Path | None = None, url: str | None = None, model: str
         settings.store.url = url
     if model is not None:
         settings.model.name = model
-    return settings
+    # A re-indexed collection name stands for an index made by a model of its own (engine.store.aliases).
+    from engine.store.aliases import live_settings
+
+    return live_settings(settings)
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -71,9 +71,10 @@ class _nearest:
 
 def format_report(result) -> str:
     """The report as text for a terminal."""
-    lines = [f"{result.searches} searches ({', '.join(f'{k} {v}' for k, v in sorted(result.by_kind.items()))}), "
-             f"{result.sessions} sessions, nothing close {100 * result.nothing_close_share:.1f} %, median "
-             f"{result.median_latency_ms} ms; events: {result.events or 'none'}"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(result.by_kind.items()))
+    lines = [f"{result.searches} searches ({kinds}), {result.sessions} sessions, nothing close "
+             f"{100 * result.nothing_close_share:.1f} %, median {result.median_latency_ms} ms; "
+             f"events: {result.events or 'none'}"]
     for title, rows in (("top searches", result.top_queries), ("zero results", result.zero_result_queries),
                         ("nothing close", result.nothing_close_queries)):
         lines.append(f"\n{title}:")
@@ -139,7 +140,7 @@ def write_env(path: Path, name: str, value: str) -> None:
     """Set ``name`` in a .env file (replacing its line, keeping every other line), atomically."""
     lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
     line = f"{name}='{value}'"
-    kept = [old for old in lines if not old.split("=", 1)[0].strip() == name]
+    kept = [old for old in lines if old.split("=", 1)[0].strip() != name]
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("\n".join([*kept, line]) + "\n", encoding="utf-8")
     temporary.replace(path)
@@ -192,9 +193,88 @@ def restore(
     typer.echo(f"restored '{settings.store.collection}' ({products} products) into {settings.store.path}")
 
 
+def reindex(
+    catalog: Annotated[Optional[Path], typer.Argument(help="The catalog to build the new index from.")] = None,
+    store: StoreOpt = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The new index's model [SNAPSHOP_MODEL__NAME].")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="The new index's heads [SNAPSHOP_MODEL__WEIGHTS].")] = None,
+    drop_previous: Annotated[bool, typer.Option("--drop-previous", help="Delete the index the last switch "
+                                                                       "replaced, and build nothing.")] = False,
+) -> None:
+    """Build a new index beside the live one while search goes on, check it, switch to it at once.
+
+    A running server follows the switch by itself (SNAPSHOP_STORE__ALIAS_POLL_S); the old index is
+    kept until --drop-previous."""
+    from engine.encoder import load_encoder
+    from engine.store.aliases import EdgeAliases
+    from ingest.catalog import read_catalog
+    from ingest.reindex import reindex as build
+    from snapshop.cli import build_settings, fail
+
+    settings = build_settings(store, model=model)
+    if weights is not None:
+        settings.model.weights = weights
+    try:
+        if drop_previous:
+            entry = EdgeAliases(settings.store.path).entry(settings.store.collection)
+            if entry is None or not entry.previous:
+                fail(f"'{settings.store.collection}' was never switched: there is no previous index to drop")
+            EdgeAliases(settings.store.path).drop(entry.previous)
+            typer.echo(f"dropped '{entry.previous}'")
+            return
+        if catalog is None:
+            fail("give the catalog to build the new index from")
+        parsed = read_catalog(catalog)
+        report = build(parsed, load_encoder(settings.model), settings, progress=_progress())
+    except SnapshopError as e:
+        fail(str(e))
+    check = report.check
+    typer.echo(f"'{report.alias}' now serves '{report.collection}' ({check.products} products, self-recall@10 "
+               f"{check.recall_at_10:.3f} on {check.sampled} products; {report.seconds:.1f} s); the previous index "
+               f"'{report.previous}' is kept until `snapshop reindex --drop-previous`")
+
+
+def bench_api(
+    catalog: Annotated[Path, typer.Option(help="Real catalog whose first products are served.")],
+    products: Annotated[int, typer.Option(help="Products in the served store.")] = 500,
+    concurrency: Annotated[str, typer.Option(help="Requests in flight, comma-separated levels.")] = "1,4,16",
+    seconds: Annotated[float, typer.Option(help="Time each level is measured for.")] = 10.0,
+    work_dir: Annotated[Path, typer.Option(help="The served store is built (once) here.")] = Path("var/bench"),
+    out: Annotated[Path, typer.Option(help="Where the figures are written as JSON.")] = Path("var/bench/api.json"),
+) -> None:
+    """Throughput through the HTTP API (a `snapshop serve` process) at several concurrencies."""
+    from eval.bench.throughput import run_throughput
+    from snapshop.cli import build_settings, fail
+
+    try:
+        levels = tuple(int(part) for part in concurrency.split(",") if part.strip())
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 1:
+        fail(f"--concurrency takes comma-separated positive whole numbers, got '{concurrency}'")
+    result = run_throughput(build_settings(), catalog, products, levels, seconds, work_dir,
+                            say=lambda message: typer.echo(f"bench-api: {message}", err=True))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(f"{'kind':<6}{'conc':>5}{'req/s':>9}{'x c1':>7}{'p50 ms':>9}{'p99 ms':>9}{'failed':>8}")
+    for level in result["levels"]:
+        typer.echo(f"{level['kind']:<6}{level['concurrency']:>5}{level['per_second']:>9}{level['speedup']:>7}"
+                   f"{level['p50_ms']:>9}{level['p99_ms']:>9}{level['failed']:>8}")
+    typer.echo(f"wrote {out}")
+
+
+def _progress() -> bool:
+    import os
+    import sys
+
+    return sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS"))
+
+
 def register(app: typer.Typer) -> None:
     """Add these commands to the CLI's app."""
     app.command()(report)
     app.command()(tune)
     app.command()(backup)
     app.command()(restore)
+    app.command()(reindex)
+    app.command("bench-api")(bench_api)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
 
@@ -160,7 +160,7 @@ class QueryLog:
         with self._lock:
             self._db.close()
 
-    def __enter__(self) -> QueryLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

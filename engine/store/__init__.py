@@ -24,9 +24,11 @@ def open_store(settings: StoreSettings, info: ModelInfo) -> VectorStore:
         return ServerStore(settings.url, settings.collection, info, settings.api_key, settings.timeout_s,
                            settings.hnsw_ef, shard_number=settings.shard_number,
                            replication_factor=settings.replication_factor)
+    from engine.store.aliases import physical_collection
     from engine.store.edge import EdgeStore
 
-    return EdgeStore(settings.path, settings.collection, info, settings.hnsw_ef)
+    # The collection name may be an alias of a re-indexed collection (engine.store.aliases).
+    return EdgeStore(settings.path, physical_collection(settings), info, settings.hnsw_ef)
 
 
 __all__ = [
