@@ -36,6 +36,8 @@ async def watch_index(runtime: Runtime, settings: Settings) -> None:
                 await follow(runtime, settings, entry)
         except SnapshopError as e:
             log.warning("the switch of '%s' cannot be followed yet: %s", alias, e)
+        except Exception:  # a failed follow must not take the serving app down with it
+            log.exception("following the switch of '%s' failed; the old index keeps answering", alias)
 
 
 async def follow(runtime: Runtime, settings: Settings, entry: IndexEntry) -> None:
