@@ -175,7 +175,16 @@ class RowProblem(BaseModel):
     reason: str
 
 
+class RecordOutcome(BaseModel):
+    row: int = Field(description="Position of the record in the request, from 1.")
+    product_id: str | None
+    outcome: Literal["added", "updated", "payload_only", "unchanged", "skipped"] = Field(
+        description="What was stored: 'skipped' records are in problems, with the reason.")
+
+
 class UpsertSummary(BaseModel):
+    """What an upsert did, record by record: each record is applied on its own (not all or nothing)."""
+
     received: int
     added: int
     updated: int
@@ -183,6 +192,7 @@ class UpsertSummary(BaseModel):
     unchanged: int
     stored: int
     problems: list[RowProblem] = Field(description="Records or photos that were skipped, and why.")
+    records: list[RecordOutcome] = Field(description="Each record's outcome, in the request's order.")
     seconds: dict[str, float]
 
 

@@ -62,6 +62,9 @@ class IngestSummary:
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     pruned: list[str] = field(default_factory=list)  # ids deleted by --prune (or that would be, in a dry run)
+    # What became of each stored product id: added, updated, payload_only or unchanged (a row
+    # that is not here was skipped, and its reason is among the problems).
+    outcomes: dict[str, str] = field(default_factory=dict)
     dry_run: bool = False
 
     @property
@@ -207,10 +210,12 @@ def _plan(catalog, stored, loader, encoder, store, summary, dry_run) -> list[tup
         if previous and previous.get("content_hash") == c_hash:
             if previous.get("meta_hash") == m_hash:
                 summary.unchanged += 1
+                summary.outcomes[row.product_id] = "unchanged"
             else:
                 if not dry_run:
                     store.set_payload(row.product_id, payload_of(row, c_hash, m_hash, encoder.info.tag, loader))
                 summary.payload_only += 1
+                summary.outcomes[row.product_id] = "payload_only"
         else:
             to_embed.append((row, c_hash, m_hash))
     return to_embed
@@ -278,10 +283,9 @@ def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary
             store.upsert(points)
             timings["upsert"] += time.perf_counter() - t
             for point in points:
-                if point.product_id in stored:
-                    summary.updated += 1
-                else:
-                    summary.added += 1
+                outcome = "updated" if point.product_id in stored else "added"
+                summary.outcomes[point.product_id] = outcome
+                setattr(summary, outcome, getattr(summary, outcome) + 1)
             bar.update(len(decoded))
             if on_batch:
                 on_batch(len(points))

@@ -164,3 +164,22 @@ def test_a_photo_over_the_pixel_limit_is_422_before_it_is_decoded(client):
     assert response.json()["detail"] == ("photo 'big.png': 7200x7200 pixels is more than the limit of 50000000 "
                                          "(possible decompression bomb)")
     assert client.app.state.runtime.decode_budget.in_use == 0
+
+
+# --- writes -------------------------------------------------------------------------------------
+def test_an_upsert_reports_each_record_and_a_retry_after_a_cut_short_request_is_safe(client, shop):
+    records = shop[1] + [{"id": "no-title", "image": shop[1][0]["image"]}]
+    ids = [str(record["id"]) for record in shop[1]]
+    try:
+        # A request cut short after its first batch is, for the store, the first record alone.
+        first = upsert(client, json.dumps(records[:1]))
+        assert [r["outcome"] for r in first["records"]] == ["added"]
+        retry = upsert(client, json.dumps(records))
+        assert [(r["row"], r["product_id"], r["outcome"]) for r in retry["records"]] == [
+            (1, ids[0], "unchanged"), (2, ids[1], "added"), (3, ids[2], "added"), (4, "no-title", "skipped")]
+        assert retry["problems"][0]["row"] == 4
+        again = upsert(client, json.dumps(records))
+        assert [r["outcome"] for r in again["records"]] == ["unchanged"] * 3 + ["skipped"]
+        assert client.get("/ready").json()["products"] == 3
+    finally:
+        client.post("/products/bulk-delete", json={"ids": ids}, headers=AUTH)

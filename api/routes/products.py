@@ -2,6 +2,12 @@
 
 Writes reuse the ingest pipeline, so an upsert behaves like ingesting a catalog of those rows:
 unchanged products are not re-embedded, bad rows and photos come back with their row numbers.
+
+An upsert is applied record by record, not all or nothing: the answer says what became of each
+record. A request cut short (a server stopped midway) keeps the batches it wrote; sending it
+again is always safe, as every write is keyed by the product id: the records already stored
+come back unchanged and the rest are added. PATCH and DELETE are idempotent too (a repeated
+DELETE answers 404, having nothing left to delete).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from api.schemas import (
     Product,
     ProductPatch,
     ProductRecord,
+    RecordOutcome,
     RowProblem,
     SimilarParams,
     SimilarResults,
@@ -28,7 +35,7 @@ from api.schemas import (
 from api.views import to_hit, to_product
 from engine.errors import ProductNotFound
 from engine.store import StoredProduct
-from ingest.catalog import catalog_from_records
+from ingest.catalog import Catalog, catalog_from_records
 from ingest.pipeline import IngestSummary, ingest_catalog
 
 router = APIRouter(prefix="/products", tags=["products"])
@@ -59,7 +66,10 @@ async def similar_products(
 
 
 @router.post("", summary="Add or replace products (catalog-like records)", dependencies=[RequireApiKey],
-             responses=WRITE_ERRORS)
+             responses=WRITE_ERRORS,
+             description="Each record is applied on its own and reported in `records` (not all or nothing); a "
+                         "record that cannot be stored is skipped with its reason in `problems`. Sending the same "
+                         "request again is always safe: what was stored comes back unchanged, the rest is added.")
 async def upsert_products(
     request: Request, runtime: RuntimeDep, records: Annotated[list[ProductRecord], Body(min_length=1)],
 ) -> UpsertSummary:
@@ -75,15 +85,20 @@ async def upsert_products(
                                       runtime.settings.ingest, progress=False, on_batch=metrics.ingest_embedded.inc)
     metrics.observe_ingest({"added": summary.added, "updated": summary.updated, "payload_only": summary.payload_only,
                             "unchanged": summary.unchanged, "skipped": len(summary.skipped_rows)})
-    return _upsert_summary(summary)
+    return _upsert_summary(summary, catalog)
 
 
-def _upsert_summary(summary: IngestSummary) -> UpsertSummary:
+def _upsert_summary(summary: IngestSummary, catalog: Catalog) -> UpsertSummary:
     problems = sorted(summary.skipped_rows + summary.bad_images, key=lambda p: p.row)
+    outcomes = [RecordOutcome(row=row.row, product_id=row.product_id,
+                              outcome=summary.outcomes.get(row.product_id, "skipped")) for row in catalog.rows]
+    outcomes += [RecordOutcome(row=error.row, product_id=error.product_id, outcome="skipped")
+                 for error in catalog.errors]
     return UpsertSummary(
         received=summary.rows, added=summary.added, updated=summary.updated, payload_only=summary.payload_only,
         unchanged=summary.unchanged, stored=summary.stored,
         problems=[RowProblem(row=p.row, product_id=p.product_id, reason=p.reason) for p in problems],
+        records=sorted(outcomes, key=lambda outcome: outcome.row),
         seconds={name: round(value, 3) for name, value in summary.seconds.items()},
     )
 
