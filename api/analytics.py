@@ -9,8 +9,8 @@ import anyio.to_thread
 from api.runtime import Runtime
 from api.schemas import SearchForm
 from engine.analytics.log import LoggedQuery, evidence_rows
-from engine.ranking import SIGNALS
 from engine.search import SearchResponse
+from engine.signals import SIGNALS
 
 
 async def log_search(runtime: Runtime, form: SearchForm, kind: str, photo: bytes | None,
@@ -20,7 +20,7 @@ async def log_search(runtime: Runtime, form: SearchForm, kind: str, photo: bytes
         kind=kind, text=(form.text or "").strip() or None,
         filters={"category": list(form.category), "min_price": form.min_price, "max_price": form.max_price},
         results=[result.product_id for result in response.results],
-        evidence=evidence_rows(response.evidence, SIGNALS),
+        evidence=evidence_rows(response.evidence, SIGNALS.names),
         nothing_close=response.nothing_close,
         latency_ms=round(1000 * sum(seconds.values()), 3),
         photo_sha256=hashlib.sha256(photo).hexdigest() if photo is not None else None,

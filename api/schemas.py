@@ -21,7 +21,6 @@ from pydantic import (
     model_validator,
 )
 
-from engine.ranking import SIGNALS
 from engine.records import (
     MAX_CATEGORY_CHARS,
     MAX_PRICE,
@@ -32,6 +31,7 @@ from engine.records import (
     check_stock,
     check_text,
 )
+from engine.signals import SIGNALS
 from engine.store import SearchFilters
 
 Price = Field(None, ge=0, allow_inf_nan=False)
@@ -62,7 +62,7 @@ class SearchForm(BaseModel):
         None, ge=0, le=1, allow_inf_nan=False, description="The text's share in a photo+text query.")
     weights: Json[dict[str, Annotated[float, Field(allow_inf_nan=False)]]] | None = Field(
         None, description=f"Ranker weight overrides as a JSON object, e.g. {{\"image\": 1, \"bm25\": 0}}; "
-                          f"names: {', '.join(SIGNALS)}; each 0..10.")
+                          f"names and bounds: {SIGNALS.help_text()}.")
     history: list[str] = Field([], max_length=50, description="Product ids the shopper viewed or bought.")
     price_target: float | None = Field(None, gt=0, allow_inf_nan=False, description="A price the shopper aims at.")
     session: str | None = Field(None, max_length=64, description="An opaque id of the shopper's visit, for the "
@@ -111,10 +111,20 @@ class SimilarResults(BaseModel):
     count: int
 
 
+class SignalControl(BaseModel):
+    """One ranking signal as the merchandiser page draws it (engine.signals)."""
+
+    name: str
+    label: str
+    help: str
+    maximum: float
+
+
 class SearchDefaults(BaseModel):
     """What the shopper page needs to draw its controls."""
 
     weights: dict[str, float]
+    signals: list[SignalControl] = Field(description="The ranker's signals in explanation order.")
     photo_text_mix: float
     default_k: int
     max_k: int

@@ -23,24 +23,11 @@ from PIL import Image
 
 from engine.errors import ModelWeightsMissing, UnknownModel
 from engine.look_head import gem
+from engine.model_info import ModelInfo
 from engine.registry import ModelSpec, resolve_model
 from engine.settings import ModelSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Which model made a vector: stored beside the vectors so models are never mixed."""
-
-    name: str
-    version: str
-    dim: int
-    look_dim: int = 0  # the appearance vector's size (photo-to-photo matching); 0: none
-
-    @property
-    def tag(self) -> str:
-        return f"{self.name}@{self.version}"
 
 
 @dataclass

@@ -1,22 +1,9 @@
-"""The hybrid ranker: image, text and metadata signals fused at query time.
+"""The hybrid ranker: the signals' evidence fused at query time.
 
-Each signal gives a raw score per candidate product; calibration maps it to [0, 1] by how far
-it stands above the same query's scores against a random sample of the catalog (its
-background), and the fused score is the weighted mean of the calibrated signals that apply.
-Every result carries each signal's share of its score.
-
-Signals:
-- image: the (photo, text or photo+text) query against the product's photos, joint space.
-- look: a query photo's appearance against the product photos' appearance (the image trunk's
-  pooled features): tells this product from its look-alikes, where the joint space blurs them.
-- caption: the same query against the product's title in the joint space (cross-modal).
-- text: the typed text against the title, MiniLM sentence embeddings (text-to-text).
-- bm25: the typed words against the title's words (Qdrant sparse BM25).
-- category: how likely the product's category is for the query, predicted zero-shot from the
-  query photo or text against the store's category names.
-- price: closeness to a target price the shopper gave.
-- popularity: a catalog field (popularity, sales, rating), when the shop provides one.
-- personal: similarity to the shopper's history (viewed or bought product ids).
+Each signal (``engine.signals``, the registry) gives a raw score per candidate product;
+calibration maps it to [0, 1] by how far it stands above the same query's scores against a
+random sample of the catalog (its background), and the fused score is the weighted mean of the
+calibrated signals that apply. Every result carries each signal's share of its score.
 """
 
 from __future__ import annotations
@@ -25,27 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, Field
-
-SIGNALS = ("image", "look", "caption", "text", "bm25", "category", "price", "popularity", "personal")
-
-
-class RankerWeights(BaseModel):
-    """How much each signal counts; 0 switches it off. Merchandisers tune these."""
-
-    image: float = Field(0.5, ge=0, le=10)
-    look: float = Field(12.0, ge=0, le=25)
-    caption: float = Field(0.3, ge=0, le=10)
-    text: float = Field(0.5, ge=0, le=10)
-    bm25: float = Field(0.3, ge=0, le=10)
-    category: float = Field(0.8, ge=0, le=10)
-    price: float = Field(0.5, ge=0, le=10)
-    popularity: float = Field(0.0, ge=0, le=10)
-    personal: float = Field(0.5, ge=0, le=10)
-
-    def merged(self, overrides: dict[str, float] | None) -> "RankerWeights":
-        return self.model_copy(update=overrides or {}) if overrides else self
-
+from pydantic import BaseModel
 
 # How far above the catalog's background a raw similarity must be to count as a likely match:
 # z = (raw - background mean) / background std, then sigmoid((z - Z_CENTER) / Z_SCALE).
@@ -93,7 +60,7 @@ def bm25_share(raw: float, best: float) -> float:
     return raw / best if best > 0 else 0.0
 
 
-def fuse(evidence: dict[str, float], weights: RankerWeights) -> tuple[float, dict[str, float]]:
+def fuse(evidence: dict[str, float], weights: BaseModel) -> tuple[float, dict[str, float]]:
     """The weighted mean of the signals' evidence (z units), squashed to [0, 1], and each signal's
     share of the positive evidence.
 
@@ -111,11 +78,11 @@ def fuse(evidence: dict[str, float], weights: RankerWeights) -> tuple[float, dic
     return squash(fused), shares
 
 
-def fused_scores(evidence: np.ndarray, weights: RankerWeights) -> np.ndarray:
-    """``fuse``'s score for many candidates at once: ``evidence`` is (candidates, SIGNALS), NaN where
-    a signal does not apply to a candidate. Ranking a few hundred candidates this way costs what
-    explaining ten of them costs one by one."""
-    w = np.array([getattr(weights, name) for name in SIGNALS], dtype=np.float64)
+def fused_scores(evidence: np.ndarray, weights: BaseModel) -> np.ndarray:
+    """``fuse``'s score for many candidates at once: ``evidence`` is (candidates, signals) in the
+    weights' order, NaN where a signal does not apply to a candidate. Ranking a few hundred
+    candidates this way costs what explaining ten of them costs one by one."""
+    w = np.array(list(weights.model_dump().values()), dtype=np.float64)
     fused, applies = fused_evidence(evidence, w)
     return np.where(applies, squash(fused), 0.0)
 

@@ -1,9 +1,10 @@
 """Search by photo, by text, or both, with filters; one result per product.
 
-Candidates are gathered from Qdrant by each signal that applies (the photos' multivectors, the
-titles' sentence vectors, the titles' BM25 terms, the titles in the joint space); each candidate
-is then scored on every signal from its stored vectors and the scores fused by the hybrid ranker
-(``engine.ranking``), so a product found by one signal is still judged on all of them.
+A query is prepared (turned into vectors once), planned (``Searcher.plan``: which signals of the
+registry, ``engine.signals``, apply, which of their searches gather candidates and which only
+score them), gathered from Qdrant, and each candidate is scored on every signal that applies and
+the scores fused by the hybrid ranker (``engine.ranking``), so a product found by one signal is
+still judged on all of them.
 """
 
 from __future__ import annotations
@@ -18,21 +19,11 @@ from PIL import Image
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
-from engine.ranking import (
-    SIGNALS,
-    Background,
-    RankerWeights,
-    bm25_share,
-    bounded,
-    fuse,
-    fused_scores,
-    price_closeness,
-    softmax,
-    squash,
-)
+from engine.ranking import fuse, fused_scores, softmax, squash
 from engine.settings import SearchSettings
-from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters, VectorStore
-from engine.store.base import BM25_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, StoredProduct, VectorQuery
+from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction
+from engine.store import IMAGE_VECTOR, SearchFilters, VectorStore
+from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR, TEXT_VECTOR, VectorQuery
 from engine.timing import StageClock
 
 # Candidates each signal brings: 4 per result wanted, at least 40. Measured on the validation
@@ -40,9 +31,9 @@ from engine.timing import StageClock
 # candidate costs scoring and a payload read.
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 40
-POPULARITY_FIELDS = ("popularity", "sales", "rating")
-# The payload fields ranking reads (a free catalog column sits under "fields").
-RANKING_FIELDS = ["product_id", "category", "price", *POPULARITY_FIELDS, *(f"fields.{n}" for n in POPULARITY_FIELDS)]
+# The stored vectors the ranker's background sample holds, by the StoredProduct attribute holding them.
+SAMPLED_VECTORS = {IMAGE_VECTOR: "image_vectors", TEXT_VECTOR: "text_vector", SENTENCE_VECTOR: "sentence_vector",
+                   LOOK_VECTOR: "look_vectors"}
 
 
 @dataclass
@@ -79,53 +70,63 @@ class SearchResponse:
     predicted_category: str | None = None
     # Seconds per stage (encode, gather, score, rank), for metrics and the query log.
     seconds: dict[str, float] = field(default_factory=dict)
-    # Each result's evidence per signal (results x SIGNALS, NaN where one does not apply): what
-    # the ranker fused, so logged clicks can refit its weights offline (engine.analytics.tune).
+    # Each result's evidence per signal (results x signals in the registry's order, NaN where one
+    # does not apply): what the ranker fused, so logged clicks can refit its weights offline.
     evidence: np.ndarray | None = None
     # The query's photo in the joint space, when it had one (the query log keeps it, not the photo).
     photo_vector: np.ndarray | None = None
 
 
-# How much wider a search of photos is when the query has words (see photo_breadth).
-CROSS_MODAL_BREADTH = 4
+@dataclass(frozen=True)
+class SearchPlan:
+    """Which signals rank a query, which of their searches gather candidates (at what breadth and
+    limit) and which only score the candidates found."""
 
+    signals: tuple[str, ...]  # the signals that apply, in explanation order
+    gather: tuple[VectorQuery, ...]  # the searches that bring candidates
+    score: dict[str, VectorQuery]  # per signal scored by the store, its query on the candidates
+    record_vectors: tuple[str, ...]  # stored vectors the scoring functions read from the candidates
+    limit: int  # candidates each gathering search brings
 
-def photo_breadth(has_words: bool) -> int:
-    """The HNSW breadth multiple of a query's photo search. Words searched against photos are far
-    from every photo (cross-modal), and a graph built among photos guides such queries worse: at
-    a million products a text's photo search found 0.78 of its exact top 10 at the default
-    breadth, 0.93 at 4x (2.4 ms)."""
-    return CROSS_MODAL_BREADTH if has_words else 1
-
-
-@dataclass
-class _Query:
-    """A query turned into vectors once."""
-
-    visual: np.ndarray
-    look: np.ndarray | None  # the photo's appearance vector, when there is a photo
-    text_joint: np.ndarray | None
-    sentence: np.ndarray | None
-    terms: tuple[list[int], list[float]] | None
-    personal: np.ndarray | None  # (history products, dim): each one's mean photo direction
-    price_target: float | None
-    has_photo: bool
+    @property
+    def score_only(self) -> tuple[str, ...]:
+        """The signals whose search only scores the candidates others found."""
+        gathering = {id(query) for query in self.gather}
+        return tuple(name for name, query in self.score.items() if id(query) not in gathering)
 
 
 class Searcher:
-    """Answers shoppers' queries against one store with one encoder."""
+    """Answers shoppers' queries against one store with one encoder, ranked by ``signals``."""
 
-    def __init__(self, encoder: Encoder, store: VectorStore, settings: SearchSettings = SearchSettings()):
+    def __init__(self, encoder: Encoder, store: VectorStore, settings: SearchSettings = SearchSettings(),
+                 signals: SignalRegistry = SIGNALS):
         self.encoder = encoder
         self.store = store
         self.settings = settings
-        self.weights = RankerWeights(**settings.weights)
+        self.signals = signals
+        signals.check_names(settings.weights)
+        self.weights = signals.weights(**settings.weights)
         self._background: tuple[int, dict[str, np.ndarray]] | None = None
         self._categories: tuple[int, list[str], np.ndarray] | None = None
         self._lock = threading.Lock()
 
     # --- public -----------------------------------------------------------------------------
     def search(self, query: SearchQuery) -> SearchResponse:
+        """The ``query.k`` best products: prepare the query, plan its searches, gather candidates,
+        score each on every signal that applies, fuse."""
+        clock = StageClock()
+        prepared = self.prepare(query, clock)
+        plan = self.plan(prepared)
+        keys, scores = self._gather(plan, query.filters, clock)
+        with clock.stage("rank"):
+            probs, predicted = self._category_probs(prepared.visual) if "category" in plan.signals else ({}, None)
+            results, evidence = self._rank(keys, scores, prepared, plan, probs, query.k)
+        nothing_close = not results or max(r.score for r in results) < self.settings.nothing_close
+        return SearchResponse(results, nothing_close, predicted, clock.seconds, evidence, prepared.photo)
+
+    def prepare(self, query: SearchQuery, clock: StageClock | None = None) -> PreparedQuery:
+        """The query checked, turned into vectors once (timed as the ``encode`` stage of
+        ``clock``), with the weights that rank it."""
         text = (query.text or "").strip() or None
         if text is None and query.image is None and query.photo_vectors is None:
             raise InvalidQuery("give a text, a photo, or both")
@@ -137,16 +138,14 @@ class Searcher:
         if query.price_target is not None and not (math.isfinite(query.price_target) and query.price_target > 0):
             raise InvalidQuery(f"price_target must be a positive number, got {query.price_target}")
 
-        clock = StageClock()
-        with clock.stage("encode"):
+        with (clock or StageClock()).stage("encode"):
             text_joint = self.encoder.encode_text(text) if text else None
             sentence = self.encoder.encode_sentence(text) if text else None
             photo, look = query.photo_vectors or (None, None)
             if photo is None and query.image is not None:
                 joint, looks = self.encoder.encode_photos([query.image])
                 photo, look = joint[0], looks[0]
-        query_photo = photo
-        if text_joint is not None:
+        if text_joint is not None or not self.encoder.info.look_dim:
             # "Like this, but in black": the words change what is wanted, so matching the photo's
             # exact appearance would pull back the very product the shopper wants changed.
             look = None
@@ -154,8 +153,9 @@ class Searcher:
             # With a photo, words ("in brown") describe a change, not a product: they act mostly
             # through the composed query vector; title matching alone would find brown anything.
             weights = weights.model_copy(update={"text": weights.text * mix, "bm25": weights.bm25 * mix})
-        prepared = _Query(
+        return PreparedQuery(
             visual=compose(photo, text_joint, mix),
+            photo=photo,
             look=look,
             text_joint=text_joint,
             sentence=sentence,
@@ -163,14 +163,28 @@ class Searcher:
             personal=self._history_vector(query.history) if weights.personal > 0 else None,
             price_target=query.price_target,
             has_photo=photo is not None,
+            weights=weights,
+            limit=max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES),
         )
-        limit = max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
-        keys, scores = self._candidates(prepared, weights, query.filters, limit, clock)
-        with clock.stage("rank"):
-            category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
-            results, evidence = self._rank(keys, scores, prepared, weights, category_probs, query.k)
-        nothing_close = not results or max(r.score for r in results) < self.settings.nothing_close
-        return SearchResponse(results, nothing_close, predicted, clock.seconds, evidence, query_photo)
+
+    def plan(self, query: PreparedQuery) -> SearchPlan:
+        """Which signals apply to ``query`` (a weight above 0, and what they read is there), which
+        of their searches gather candidates and which only score them (``engine.signals``)."""
+        applying, gather, score, record_vectors = [], [], {}, []
+        for signal in self.signals:
+            if getattr(query.weights, signal.name) <= 0 and not signal.required:
+                continue
+            probe = signal.probe(query) if signal.probe is not None else None
+            if probe is None if signal.probe is not None else not signal.applies(query):
+                continue
+            applying.append(signal.name)
+            if probe is not None and signal.gathers_for(query):
+                gather.append(probe)
+            if probe is not None and signal.scored_by_store:
+                score[signal.name] = probe
+            elif signal.vector is not None:
+                record_vectors.append(signal.vector)
+        return SearchPlan(tuple(applying), tuple(gather), score, tuple(dict.fromkeys(record_vectors)), query.limit)
 
     def similar(self, product_id: str, k: int = 12, filters: SearchFilters = SearchFilters(),
                 negative_ids: tuple[str, ...] = ()) -> list[SearchResult]:
@@ -182,8 +196,8 @@ class Searcher:
         missing = [pid for pid in negative_ids if pid not in stored]
         if missing:
             raise ProductNotFound(f"no product with id '{missing[0]}' (given as a negative example)")
-        positive = _mean_direction(stored[product_id].image_vectors)
-        negatives = [_mean_direction(stored[pid].image_vectors) for pid in negative_ids]
+        positive = mean_direction(stored[product_id].image_vectors)
+        negatives = [mean_direction(stored[pid].image_vectors) for pid in negative_ids]
         filters = SearchFilters(filters.categories, filters.min_price, filters.max_price,
                                 (*filters.exclude_ids, product_id, *negative_ids))
         hits = self.store.recommend([positive], negatives, filters, k)
@@ -212,142 +226,83 @@ class Searcher:
         if not 1 <= k <= self.settings.max_k:
             raise InvalidQuery(f"k must be between 1 and {self.settings.max_k}, got {k}")
 
-    def _weights(self, overrides: dict[str, float] | None) -> RankerWeights:
+    def _weights(self, overrides: dict[str, float] | None):
         if overrides:
-            unknown = set(overrides) - set(RankerWeights.model_fields)
-            if unknown:
-                raise InvalidQuery(f"unknown ranker weight(s): {', '.join(sorted(unknown))}; "
-                                   f"known: {', '.join(RankerWeights.model_fields)}")
             try:
-                return RankerWeights(**{**self.weights.model_dump(), **overrides})
+                self.signals.check_names(overrides)
+                return self.signals.weights(**{**self.weights.model_dump(), **overrides})
             except ValueError as e:
-                raise InvalidQuery(f"bad ranker weights: {e.errors()[0]['msg'] if hasattr(e, 'errors') else e}") from e
+                errors = e.errors() if hasattr(e, "errors") else None
+                raise InvalidQuery(f"bad ranker weights: {errors[0]['msg']}" if errors else str(e)) from e
         return self.weights
 
-    def _candidates(self, q: _Query, weights: RankerWeights, filters: SearchFilters,
-                    limit: int, clock: StageClock) -> tuple[list, dict[str, dict]]:
-        """Candidates from every signal's Qdrant search, then every signal's score for each of them.
+    def _gather(self, plan: SearchPlan, filters: SearchFilters, clock: StageClock) -> tuple[list, dict[str, dict]]:
+        """Candidates from the plan's gathering searches, then every store-scored signal's score
+        for each of them.
 
         Both steps are one batch each, scored inside Qdrant: a candidate found by one signal is
         still judged on all of them, and no vector leaves the store (turning a few hundred
         1,280-d appearance vectors into Python lists cost more than all the searches together).
         Returns the candidates' point keys and, per signal, each candidate's raw score.
         """
-        signals = self._signal_queries(q, weights)
-        # With a photo, words ("in black") describe a change, not a product: the titles nearest to
-        # them are any product in black, so they only score what the photo and BM25 found. (Their
-        # HNSW search was also the one unsure of its top 10: recall@10 0.83 at 100k products.)
-        # The query against titles in the joint space (caption) only scores, always: the photos
-        # in that space, the sentences and BM25 already bring every product it would.
-        gather = [query for name, query in signals.items()
-                  if name != "caption" and not (name == "text" and q.has_photo)]
-        if q.personal is not None:
-            gather.append(VectorQuery(IMAGE_VECTOR, _mean_direction(q.personal), limit=limit // 2))
         with clock.stage("gather"):
-            found = self.store.search_many(gather, filters, limit)
+            found = self.store.search_many(list(plan.gather), filters, plan.limit)
         keys = list(dict.fromkeys(key for hits in found for key, _ in hits))
         with clock.stage("score"):
-            scored = self.store.score(keys, list(signals.values()))
-        return keys, dict(zip(signals, scored))
+            scored = self.store.score(keys, list(plan.score.values()))
+        return keys, dict(zip(plan.score, scored))
 
-    def _rank(self, keys: list, scores: dict[str, dict], q: _Query, weights: RankerWeights,
+    def _rank(self, keys: list, scores: dict[str, dict], q: PreparedQuery, plan: SearchPlan,
               category_probs: dict, k: int) -> tuple[list[SearchResult], np.ndarray]:
         """The ``k`` best candidates by fused score, each explained, and their evidence rows."""
         # Only what ranking reads is fetched for every candidate; the winners' whole payload after.
-        records = self.store.records(keys, RANKING_FIELDS, [IMAGE_VECTOR] if q.personal is not None else None)
+        records = self.store.records(keys, self.signals.ranking_fields, list(plan.record_vectors) or None)
         keys = [key for key in keys if key in records]  # a product deleted meanwhile is left out
         if not keys:
-            return [], np.zeros((0, len(SIGNALS)))
-        matrix = self._evidence(keys, records, scores, q, category_probs)
-        order = np.argsort(-fused_scores(matrix, weights), kind="stable")[:k]
+            return [], np.zeros((0, len(self.signals)))
+        candidates = Candidates(keys, [records[key].payload for key in keys], records, scores, plan.score, q,
+                                self._background_sample(), category_probs)
+        matrix = self._evidence(candidates, plan)
+        order = np.argsort(-fused_scores(matrix, q.weights), kind="stable")[:k]
         payloads = self.store.records([keys[i] for i in order])
         results, rows = [], []
         for i in order:
             if keys[i] in payloads:
                 rows.append(i)
                 stored = payloads[keys[i]]
-                evidence = {name: float(value) for name, value in zip(SIGNALS, matrix[i]) if not np.isnan(value)}
-                score, shares = fuse(evidence, weights)
+                evidence = {name: float(value) for name, value in zip(self.signals.names, matrix[i])
+                            if not np.isnan(value)}
+                score, shares = fuse(evidence, q.weights)
                 signals = {name: squash(value) for name, value in evidence.items()}
                 results.append(to_result(stored.product_id, stored.payload, score, signals, shares))
         # The same order, unless two scores tie (rounded): each evidence row stays with its result.
         order = sorted(range(len(results)), key=lambda j: results[j].score, reverse=True)
         return [results[j] for j in order], matrix[[rows[j] for j in order]]
 
-    def _signal_queries(self, q: _Query, weights: RankerWeights) -> dict[str, VectorQuery]:
-        """The Qdrant query of every signal that applies to this query, by signal name."""
-        out = {"image": VectorQuery(IMAGE_VECTOR, q.visual, breadth=photo_breadth(q.text_joint is not None))}
-        if q.look is not None and weights.look > 0 and self.encoder.info.look_dim:
-            out["look"] = VectorQuery(LOOK_VECTOR, q.look)
-        if weights.caption > 0:
-            out["caption"] = VectorQuery(TEXT_VECTOR, q.visual)
-        if q.sentence is not None and weights.text > 0:
-            out["text"] = VectorQuery(SENTENCE_VECTOR, q.sentence)
-        if q.terms is not None and q.terms[0] and weights.bm25 > 0:
-            out["bm25"] = VectorQuery(BM25_VECTOR, terms=q.terms)
-        return out
-
-    def _evidence(self, keys: list, records: dict[object, StoredProduct], scores: dict[str, dict], q: _Query,
-                  category_probs: dict) -> np.ndarray:
-        """Each signal's evidence for each candidate, (candidates, SIGNALS), in standard deviations
+    def _evidence(self, candidates: Candidates, plan: SearchPlan) -> np.ndarray:
+        """Each signal's evidence for each candidate, (candidates, signals), in standard deviations
         above the signal's background; NaN where a signal does not apply to a candidate."""
-        matrix = np.full((len(keys), len(SIGNALS)), np.nan)
-        column = {name: i for i, name in enumerate(SIGNALS)}
-        backgrounds = self._backgrounds(q)
-        for name in ("image", "look", "caption", "text"):
-            if name in scores and name in backgrounds:
-                raw = np.array([scores[name].get(key, np.nan) for key in keys], dtype=np.float64)
-                matrix[:, column[name]] = (raw - backgrounds[name].mean) / backgrounds[name].std
-        if q.terms is not None:
-            lexical = scores.get("bm25", {})
-            best = max(lexical.values(), default=0.0)
-            matrix[:, column["bm25"]] = [bounded(bm25_share(lexical.get(key, 0.0), best)) for key in keys]
-        payloads = [records[key].payload for key in keys]
-        if category_probs:
-            matrix[:, column["category"]] = [bounded(category_probs.get(p.get("category"), 0.0)) for p in payloads]
-        if q.price_target is not None:
-            matrix[:, column["price"]] = [bounded(price_closeness(p.get("price"), q.price_target)) for p in payloads]
-        popularity = [_popularity(p) for p in payloads]
-        matrix[:, column["popularity"]] = [bounded(v) if v is not None else np.nan for v in popularity]
-        if q.personal is not None:
-            background = backgrounds["personal"]
-            for row, key in enumerate(keys):
-                vectors = records[key].image_vectors
-                if vectors is not None:
-                    # As close as the candidate's nearest photo is to the nearest product in the history.
-                    matrix[row, column["personal"]] = background.z(float(np.max(vectors @ q.personal.T)))
+        matrix = np.full((len(candidates.keys), len(self.signals)), np.nan)
+        for column, signal in enumerate(self.signals):
+            if signal.name in plan.signals:
+                values = signal.evidence(signal, candidates)
+                if values is not None:
+                    matrix[:, column] = values
         return matrix
 
-    def _backgrounds(self, q: _Query) -> dict[str, Background]:
-        """Each dense signal's scores for this query against a random sample of the catalog."""
-        sample = self._background_sample()
-        out = {"image": Background.of(sample["image"] @ q.visual),
-               "caption": Background.of(sample["caption"] @ q.visual)}
-        if q.sentence is not None:
-            out["text"] = Background.of(sample["text"] @ q.sentence)
-        if q.look is not None and len(sample["look"]) > 1:
-            out["look"] = Background.of(sample["look"] @ q.look)
-        if q.personal is not None:
-            out["personal"] = Background.of((sample["image"] @ q.personal.T).max(axis=1))
-        return out
-
     def _background_sample(self, size: int = 512) -> dict[str, np.ndarray]:
+        """A random sample of the catalog's stored vectors (each product's mean direction), by
+        vector name: the background each dense signal's scores are calibrated against."""
         count = self.store.count()
         with self._lock:
             if self._background is None or self._background[0] != count:
                 products = self.store.sample(size)
-                dim = self.encoder.info.dim
-
-                def stack(values, width):
-                    return np.stack(values) if values else np.zeros((1, width), dtype=np.float32)
-
-                self._background = (count, {
-                    "image": stack([_mean_direction(p.image_vectors) for p in products if p.image_vectors is not None], dim),
-                    "caption": stack([p.text_vector for p in products if p.text_vector is not None], dim),
-                    "text": stack([p.sentence_vector for p in products if p.sentence_vector is not None], 384),
-                    "look": stack([_mean_direction(p.look_vectors) for p in products if p.look_vectors is not None],
-                                  max(self.encoder.info.look_dim, 1)),
-                })
+                sample = {}
+                for vector, attribute in SAMPLED_VECTORS.items():
+                    rows = [getattr(p, attribute) for p in products if getattr(p, attribute) is not None]
+                    rows = [mean_direction(v) if v.ndim == 2 else v for v in rows]
+                    sample[vector] = np.stack(rows) if rows else np.zeros((0, 1), dtype=np.float32)
+                self._background = (count, sample)
             return self._background[1]
 
     def _category_probs(self, visual: np.ndarray) -> tuple[dict[str, float], str | None]:
@@ -373,7 +328,7 @@ class Searcher:
         if not history:
             return None
         stored = self.store.get(list(history)[:50], with_vectors=[IMAGE_VECTOR])
-        vectors = [_mean_direction(v.image_vectors) for v in stored.values() if v.image_vectors is not None]
+        vectors = [mean_direction(v.image_vectors) for v in stored.values() if v.image_vectors is not None]
         return np.stack(vectors) if vectors else None
 
     def _price_range(self, filters: SearchFilters) -> tuple[float | None, float | None]:
@@ -391,26 +346,7 @@ def compose(photo: np.ndarray | None, text: np.ndarray | None, text_share: float
         return text
     if text is None:
         return photo
-    return _mean_direction(np.stack([(1.0 - text_share) * photo, text_share * text]), weights_given=True)
-
-
-def _mean_direction(vectors: np.ndarray, weights_given: bool = False) -> np.ndarray:
-    mean = vectors.sum(axis=0) if weights_given else vectors.mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    return (mean / norm).astype(np.float32) if norm > 0 else vectors[0].astype(np.float32)
-
-
-def _popularity(payload: dict) -> float | None:
-    fields = payload.get("fields") or {}
-    for name in POPULARITY_FIELDS:
-        value = fields.get(name, payload.get(name))
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number) and number >= 0:
-            return number / (number + 10.0) if name != "rating" else min(number / 5.0, 1.0)
-    return None
+    return mean_direction(np.stack([(1.0 - text_share) * photo, text_share * text]), weights_given=True)
 
 
 def to_result(product_id: str, payload: dict, score: float, signals: dict[str, float],

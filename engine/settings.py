@@ -85,13 +85,23 @@ class SearchSettings(BaseModel):
     )
     weights: dict[str, float] = Field(
         default_factory=dict,
-        description="Ranker weights (image, caption, text, bm25, category, price, popularity, personal); "
-        "unset ones keep their defaults. Per request they can be overridden again.",
+        description="Ranker weights by signal name (engine.signals); unset ones keep their defaults. "
+        "Per request they can be overridden again.",
     )
     nothing_close: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Below this calibrated photo match of the best result, answers say 'nothing close'.",
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        """A misspelt or out-of-bounds weight fails at start-up, naming the known ones."""
+        from engine.signals import SIGNALS  # the registry imports the store, which imports settings
+
+        SIGNALS.check_names(weights)
+        SIGNALS.weights(**weights)
+        return weights
 
 
 class AnalyticsSettings(BaseModel):

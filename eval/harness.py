@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from engine.encoder import Encoder
 from engine.images import load_image_file
-from engine.ranking import SIGNALS
 from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, SearchSettings, StoreSettings
+from engine.signals import SIGNALS
 from engine.store import open_store
 from engine.training import split_validation
 from eval.metrics import first_relevant_ranks, mrr, ndcg_at, recall_at
@@ -34,7 +34,7 @@ from ingest.catalog import Catalog, read_catalog
 from ingest.pipeline import ImageLoader, ingest_catalog
 
 KS = (1, 5, 10, 20)
-ALONE = {name: {other: (1.0 if other == name else 0.0) for other in SIGNALS} for name in SIGNALS}
+ALONE = {name: {other: (1.0 if other == name else 0.0) for other in SIGNALS.names} for name in SIGNALS.names}
 TEXT_CONFIGS = {"image": ALONE["image"], "text": ALONE["text"], "bm25": ALONE["bm25"], "fused": None}
 PHOTO_CONFIGS = {"image": ALONE["image"], "look": ALONE["look"], "caption": ALONE["caption"],
                  "category": ALONE["category"], "fused": None}

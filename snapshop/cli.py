@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 
 from engine.errors import SnapshopError
 from engine.settings import Settings
+from engine.signals import SIGNALS
 
 app = typer.Typer(help="snapshop: visual product search for online shops.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -27,7 +29,11 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model name [SN
 
 
 def build_settings(store: Path | None = None, url: str | None = None, model: str | None = None) -> Settings:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in e.errors())
+        fail(f"bad settings (SNAPSHOP_* environment or .env): {problems}")
     if store is not None:
         settings.store.path = store
     if url is not None:
@@ -136,8 +142,7 @@ def search(
     k: Annotated[int, typer.Option("--k", "-k", help="How many products.")] = 10,
     mix: Annotated[Optional[float], typer.Option(help="Text's share in photo+text queries (0..1).")] = None,
     weight: Annotated[Optional[list[str]], typer.Option(
-        help="Ranker weight override NAME=VALUE (image, caption, text, bm25, category, price, popularity, "
-             "personal); repeatable.")] = None,
+        help=f"Ranker weight override NAME=VALUE, repeatable ({SIGNALS.help_text()}).")] = None,
     explain: Annotated[bool, typer.Option(help="Show each signal's share of the score.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     store: StoreOpt = None,

@@ -102,7 +102,7 @@ def tune(
     """Fit the ranker weights to logged clicks; report before/after on held-back sessions."""
     from engine.analytics.log import QueryLog
     from engine.analytics.tune import tune as fit_weights
-    from engine.ranking import RankerWeights
+    from engine.signals import RankerWeights
     from snapshop.cli import build_settings, fail
 
     settings = build_settings()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.analytics.log import LoggedQuery, QueryLog
-from engine.ranking import SIGNALS
+from engine.signals import SIGNALS
 
 # The ranker shoppers behave as if they had: BM25 and the title's sentence carry the choice.
 TRUE_WEIGHTS = {"image": 0.2, "caption": 0.1, "text": 2.0, "bm25": 3.0, "category": 0.2}
@@ -86,5 +86,5 @@ def generate(log: QueryLog, seed: int = 7, sessions: int = 120, dim: int = 32) -
             group_sizes[group] += 1
             expected.shown_at[1] += 1
     expected.photo_groups = sorted(group_sizes, reverse=True)
-    assert set(TEXT_SIGNALS) <= set(SIGNALS)
+    assert set(TEXT_SIGNALS) <= set(SIGNALS.names)
     return expected

@@ -12,8 +12,8 @@ from engine.analytics.log import LoggedQuery, QueryLog
 from engine.analytics.report import build_report
 from engine.analytics.tune import tune
 from engine.errors import InvalidQuery, UnknownQuery
-from engine.ranking import RankerWeights
 from engine.settings import Settings
+from engine.signals import RankerWeights
 from snapshop.cli import app
 from tests.clicklog import generate
 

@@ -20,7 +20,8 @@ from conftest import FASHION, REPO, require
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
-from engine.encoder import Encoder, ModelInfo, pick_dtype
+from engine.encoder import Encoder, pick_dtype
+from engine.model_info import ModelInfo
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
 from eval.bench.corpus import RealEmbeddings, replicate

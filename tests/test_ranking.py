@@ -6,9 +6,10 @@ from PIL import Image
 
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.images import load_image_file
-from engine.ranking import Background, RankerWeights, bm25_share, fuse, squash
+from engine.ranking import Background, bm25_share, fuse, squash
 from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, StoreSettings
+from engine.signals import RankerWeights
 from engine.store import SearchFilters, open_store
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog

@@ -203,7 +203,7 @@ def _race_to_open(settings, info) -> tuple[list, list[str], list[str]]:
 def test_two_openers_racing_to_create_a_new_store_get_one_store_and_one_clear_refusal(tmp_path):
     """Both see no store yet and both set out to create it: exactly one does, the other is told the
     store is in use (never a half-deleted or doubly created shard)."""
-    from engine.encoder import ModelInfo
+    from engine.model_info import ModelInfo
     from engine.store import ProductPoint
 
     info = ModelInfo("race-model", "1", 8)

@@ -334,7 +334,7 @@ def _no_filters():
 CREATOR = """
 import sys
 from pathlib import Path
-from engine.encoder import ModelInfo
+from engine.model_info import ModelInfo
 from engine.store.edge import EdgeStore
 
 root, first = Path(sys.argv[1]), int(sys.argv[2])
@@ -347,7 +347,7 @@ for number in range(first, first + 1000):
 def test_a_store_killed_while_being_created_opens_again(tmp_path, rng):
     """Kill a process that creates stores one after another: whatever state the last one is in,
     opening it again works (an unfinished creation is finished; nothing was stored in it yet)."""
-    from engine.encoder import ModelInfo
+    from engine.model_info import ModelInfo
     from engine.store import ProductPoint
 
     info = ModelInfo("crash-model", "1", 8)
@@ -369,7 +369,7 @@ def test_a_store_killed_while_being_created_opens_again(tmp_path, rng):
 
 
 def test_a_store_with_products_but_no_model_record_is_never_discarded(tmp_path):
-    from engine.encoder import ModelInfo
+    from engine.model_info import ModelInfo
     from engine.errors import StoreError
     from engine.store import ProductPoint
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from engine.encoder import ModelInfo
+from engine.model_info import ModelInfo
 from engine.errors import StoreUnavailable
 from engine.settings import StoreSettings
 from engine.store import open_store

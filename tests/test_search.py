@@ -109,7 +109,7 @@ def test_a_qdrant_server_ranks_like_the_embedded_store(tmp_path, fashion_frame, 
 def test_photo_searches_with_words_search_wider(shop, monkeypatch):
     """Words searched against photos are unlike every photo; the HNSW search of photos is made
     CROSS_MODAL_BREADTH times wider for them, while a photo alone searches at the set breadth."""
-    from engine.search import CROSS_MODAL_BREADTH
+    from engine.signals import CROSS_MODAL_BREADTH
     from engine.store import IMAGE_VECTOR
 
     searcher, rows = shop

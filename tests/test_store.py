@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.encoder import ModelInfo
+from engine.model_info import ModelInfo
 from engine.errors import StoreModelMismatch, StoreUnavailable
 from engine.settings import StoreSettings
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, ProductPoint, SearchFilters, open_store

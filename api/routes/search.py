@@ -18,6 +18,7 @@ from api.schemas import (
     SearchDefaults,
     SearchForm,
     SearchResults,
+    SignalControl,
     error_responses,
 )
 from api.uploads import decode_photo, read_photo
@@ -73,7 +74,10 @@ async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> tuple[Im
 async def search_defaults(runtime: RuntimeDep) -> SearchDefaults:
     settings = runtime.settings
     return SearchDefaults(
-        weights=runtime.searcher.weights.model_dump(), photo_text_mix=settings.search.photo_text_mix,
+        weights=runtime.searcher.weights.model_dump(),
+        signals=[SignalControl(name=s.name, label=s.label, help=s.help, maximum=s.maximum)
+                 for s in runtime.searcher.signals],
+        photo_text_mix=settings.search.photo_text_mix,
         default_k=settings.search.default_k, max_k=settings.search.max_k,
         max_upload_bytes=settings.api.max_upload_bytes,
     )

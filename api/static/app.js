@@ -3,14 +3,10 @@
 // as HTML.
 "use strict";
 
-const SIGNAL_COLOURS = {
-  image: "#e4572e", caption: "#f3a712", text: "#29335c", bm25: "#669bbc",
-  category: "#2a9d8f", price: "#8d6a9f", popularity: "#a7c957", personal: "#d81159",
-};
-const SIGNAL_LABELS = {
-  image: "photo", caption: "caption", text: "title", bm25: "keywords",
-  category: "category", price: "price", popularity: "popularity", personal: "history",
-};
+// The signals, their labels, help and bounds come from the ranker's registry (/search/defaults);
+// colours are given in its order, so a new signal gets one too.
+const PALETTE = ["#e4572e", "#5c8001", "#f3a712", "#29335c", "#669bbc", "#2a9d8f", "#8d6a9f", "#a7c957", "#d81159",
+                 "#3d5a80", "#ee6c4d", "#6a994e"];
 const LIVE_DELAY_MS = 250;
 
 const $ = (selector) => document.querySelector(selector);
@@ -130,8 +126,8 @@ function fillExplanation(explain, product) {
     const part = document.createElement("span");
     part.dataset.signal = signal;
     part.style.width = `${(share * 100).toFixed(1)}%`;
-    part.style.background = SIGNAL_COLOURS[signal] || "#999";
-    part.title = `${SIGNAL_LABELS[signal] || signal}: ${(share * 100).toFixed(0)}% of the score` +
+    part.style.background = signalColour(signal);
+    part.title = `${signalOf(signal).label}: ${(share * 100).toFixed(0)}% of the score` +
       (product.signals[signal] != null ? ` (match ${product.signals[signal].toFixed(2)})` : "");
     return part;
   }));
@@ -258,8 +254,19 @@ async function loadDefaults() {
     return;
   }
   resetWeights();
-  $("#weights").replaceChildren(...Object.keys(state.defaults.weights).map(weightSlider));
-  $("#legend").replaceChildren(...Object.keys(state.defaults.weights).map(legendEntry));
+  const names = state.defaults.signals.map((signal) => signal.name);
+  $("#weights").replaceChildren(...names.map(weightSlider));
+  $("#legend").replaceChildren(...names.map(legendEntry));
+}
+
+function signalOf(name) {
+  const signals = (state.defaults && state.defaults.signals) || [];
+  return signals.find((signal) => signal.name === name) || { name, label: name, help: "", maximum: 10 };
+}
+
+function signalColour(name) {
+  const index = ((state.defaults && state.defaults.signals) || []).findIndex((signal) => signal.name === name);
+  return index >= 0 ? PALETTE[index % PALETTE.length] : "#999";
 }
 
 function resetWeights() {
@@ -280,11 +287,12 @@ function weightSlider(signal) {
   label.htmlFor = `weight-${signal}`;
   const swatch = document.createElement("span");
   swatch.className = "swatch";
-  swatch.style.background = SIGNAL_COLOURS[signal] || "#999";
-  label.append(swatch, SIGNAL_LABELS[signal] || signal);
+  swatch.style.background = signalColour(signal);
+  label.append(swatch, signalOf(signal).label);
   const input = Object.assign(document.createElement("input"), {
     // Room above each default (the appearance weight's default is well above the others').
-    type: "range", min: "0", max: String(Math.max(3, 2 * state.defaults.weights[signal])), step: "0.05",
+    type: "range", min: "0", step: "0.05", title: signalOf(signal).help,
+    max: String(Math.min(signalOf(signal).maximum, Math.max(3, 2 * state.defaults.weights[signal]))),
     id: `weight-${signal}`, value: state.weights[signal],
   });
   input.dataset.signal = signal;
@@ -303,8 +311,8 @@ function legendEntry(signal) {
   const entry = document.createElement("span");
   const swatch = document.createElement("i");
   swatch.className = "swatch";
-  swatch.style.background = SIGNAL_COLOURS[signal] || "#999";
-  entry.append(swatch, SIGNAL_LABELS[signal] || signal);
+  swatch.style.background = signalColour(signal);
+  entry.append(swatch, signalOf(signal).label);
   return entry;
 }
 

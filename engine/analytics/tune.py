@@ -24,7 +24,8 @@ from scipy.optimize import minimize
 
 from engine.analytics.log import QueryLog
 from engine.errors import InvalidQuery
-from engine.ranking import SIGNALS, RankerWeights, fused_evidence
+from engine.ranking import fused_evidence
+from engine.signals import SIGNALS, RankerWeights
 
 GAIN = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 HELD_BACK_SHARE = 0.2
@@ -70,9 +71,9 @@ def chosen_searches(log: QueryLog, since: float = 0.0) -> Searches:
         best[event.position] = max(best.get(event.position, 0.0), GAIN[event.kind])
     rows = [q for q in log.queries(since) if q.id in gains_of and q.evidence]
     width = max((len(q.evidence) for q in rows), default=0)
-    evidence = np.full((len(rows), width, len(SIGNALS)), np.nan)
+    evidence = np.full((len(rows), width, len(SIGNALS.names)), np.nan)
     gains = np.zeros((len(rows), width))
-    column = {name: i for i, name in enumerate(SIGNALS)}
+    column = {name: i for i, name in enumerate(SIGNALS.names)}
     for s, query in enumerate(rows):
         for r, values in enumerate(query.evidence):
             for name, value in values.items():
@@ -103,11 +104,11 @@ def _scores(evidence: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 def fit(searches: Searches, current: RankerWeights) -> np.ndarray:
     """Weights (in SIGNALS order) that rank the chosen results first; signals never seen keep theirs."""
-    start = np.array([getattr(current, name) for name in SIGNALS], dtype=np.float64)
+    start = np.array([getattr(current, name) for name in SIGNALS.names], dtype=np.float64)
     seen = ~np.all(np.isnan(searches.evidence), axis=(0, 1))
     free = np.flatnonzero(seen)
     theta0 = np.log(np.maximum(start[free], MIN_WEIGHT))
-    bounds = [(math.log(MIN_WEIGHT), math.log(_upper(SIGNALS[i]))) for i in free]
+    bounds = [(math.log(MIN_WEIGHT), math.log(_upper(SIGNALS.names[i]))) for i in free]
     targets = searches.gains / searches.gains.sum(axis=1, keepdims=True)
 
     def loss(theta: np.ndarray) -> float:
@@ -132,10 +133,10 @@ def tune(log: QueryLog, current: RankerWeights, since: float = 0.0) -> TuneResul
                            f"purchase; at least {MIN_SEARCHES} are needed to fit weights")
     held = np.array([_held_back(session) for session in searches.sessions])
     train = Searches(searches.evidence[~held], searches.gains[~held], [])
-    before = np.array([getattr(current, name) for name in SIGNALS], dtype=np.float64)
+    before = np.array([getattr(current, name) for name in SIGNALS.names], dtype=np.float64)
     after = fit(train, current)
     return TuneResult(
-        before=dict(zip(SIGNALS, before.round(4).tolist())), after=dict(zip(SIGNALS, after.round(4).tolist())),
+        before=dict(zip(SIGNALS.names, before.round(4).tolist())), after=dict(zip(SIGNALS.names, after.round(4).tolist())),
         train_searches=int((~held).sum()), held_back_searches=int(held.sum()),
         train_mrr_before=round(mrr(train.evidence, train.gains, before), 4),
         train_mrr_after=round(mrr(train.evidence, train.gains, after), 4),
@@ -150,8 +151,5 @@ def _held_back(session: str) -> bool:
 
 
 def _upper(name: str) -> float:
-    """The largest weight settings accept for a signal (RankerWeights' bound)."""
-    for constraint in RankerWeights.model_fields[name].metadata:
-        if getattr(constraint, "le", None) is not None:
-            return float(constraint.le)
-    return 10.0
+    """The largest weight settings accept for a signal (its registry entry's bound)."""
+    return float(SIGNALS[name].maximum)

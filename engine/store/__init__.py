@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.encoder import ModelInfo
+from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
 from engine.store.base import (
     IMAGE_VECTOR,

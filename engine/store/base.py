@@ -17,8 +17,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from engine.encoder import ModelInfo
 from engine.errors import InvalidQuery, StoreModelMismatch
+from engine.model_info import ModelInfo
 from engine.records import check_payload
 
 IMAGE_VECTOR = "image"  # photos in the joint space (multivector, MaxSim)
@@ -38,9 +38,6 @@ FLOAT_FIELDS = ("price",)
 # index build of a million products for a filter that the category graph already narrows well;
 # not product_id, which is unique (no value is big enough for a graph).
 GRAPH_FIELDS = ("category",)
-# Vectors that only score candidates and never gather them (engine.search): no HNSW graph is
-# built for them, which at a million products saves a whole index build.
-SCORE_ONLY_VECTORS = (TEXT_VECTOR,)
 # Search breadth per vector, as a multiple of the hnsw_ef setting. Short titles crowd together
 # (a shop sells the same "Men Black Shirt" in a hundred cuts): at 100k products the titles' HNSW
 # recall@10 was 0.92 at ef 64 and 0.98 at 256, for 0.3 ms more; the other vectors are past 0.99.

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
-from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
+from engine.model_info import ModelInfo
 from engine.records import check_payload
+from engine.signals import SIGNALS
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
@@ -40,14 +41,13 @@ from engine.store.base import (
     KEYWORD_FIELDS,
     LOOK_VECTOR,
     SENTENCE_DIM,
-    SCORE_ONLY_VECTORS,
     SENTENCE_VECTOR,
     TEXT_VECTOR,
     Hit,
-    VectorQuery,
     ProductPoint,
     SearchFilters,
     StoredProduct,
+    VectorQuery,
     VectorStore,
     check_model,
     model_record,
@@ -173,7 +173,7 @@ class EdgeStore(VectorStore):
         dim = info.dim
 
         def dense(size: int, name: str, **kw) -> qe.EdgeVectorParams:
-            graph = _NO_GRAPH if name in SCORE_ONLY_VECTORS else None
+            graph = _NO_GRAPH if name in SIGNALS.score_only_vectors else None
             return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, hnsw_config=graph, **kw)
 
         maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)

@@ -12,25 +12,25 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
+from engine.model_info import ModelInfo
 from engine.records import check_payload
+from engine.signals import SIGNALS
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
-    IMAGE_VECTOR,
-    SENTENCE_DIM,
-    SENTENCE_VECTOR,
-    SCORE_ONLY_VECTORS,
     GRAPH_FIELDS,
+    IMAGE_VECTOR,
     KEYWORD_FIELDS,
     LOOK_VECTOR,
+    SENTENCE_DIM,
+    SENTENCE_VECTOR,
     TEXT_VECTOR,
     Hit,
-    VectorQuery,
     ProductPoint,
     SearchFilters,
     StoredProduct,
+    VectorQuery,
     VectorStore,
     check_model,
     model_record,
@@ -237,8 +237,8 @@ _MAXSIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)
 
 
 def _dense(size: int, name: str, **kw) -> qm.VectorParams:
-    """A cosine vector; one that only scores candidates (SCORE_ONLY_VECTORS) gets no HNSW graph."""
-    graph = qm.HnswConfigDiff(m=0) if name in SCORE_ONLY_VECTORS else None
+    """A cosine vector; one that only scores candidates (engine.signals: no signal gathers on it) gets no HNSW graph."""
+    graph = qm.HnswConfigDiff(m=0) if name in SIGNALS.score_only_vectors else None
     return qm.VectorParams(size=size, distance=qm.Distance.COSINE, hnsw_config=graph, **kw)
 
 

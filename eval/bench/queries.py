@@ -12,15 +12,14 @@ import torch
 from PIL import Image
 
 from engine.images import load_image_file
-from engine.search import Searcher, SearchQuery, compose, photo_breadth
+from engine.search import Searcher, SearchQuery
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters
 from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
-from eval.bench.corpus import RealEmbeddings, SyntheticCatalog, photo_vectors
+from eval.bench.corpus import RealEmbeddings, SyntheticCatalog
 
 KINDS = ("text", "photo", "photo_text")
 MODES = ("unfiltered", "filtered")
 RECALL_K = 10
-ANN_LIMIT = 40  # what the engine asks each signal for at k=10 (k * 4, at least 40)
 LOOK_RECALL_QUERIES = 25  # appearance vectors are 1,280-d: their exact search is the slow one
 MATRIX = {IMAGE_VECTOR: "image", TEXT_VECTOR: "text", SENTENCE_VECTOR: "sentence", LOOK_VECTOR: "look"}
 
@@ -160,7 +159,7 @@ def run_queries(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCa
 def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, queries: list[BenchQuery],
          mode: str):
     latencies, exact_latencies, ann_latencies, selectivity = [], [], [], []
-    recalls: dict[str, list[float]] = {IMAGE_VECTOR: [], TEXT_VECTOR: [], SENTENCE_VECTOR: [], LOOK_VECTOR: []}
+    recalls: dict[str, list[float]] = {using: [] for using in MATRIX}
     probes = []
     # The engine's searches are timed back to back, as a server runs them, and the exact searches
     # come after: between two searches they flush the caches and leave BLAS and OpenMP threads
@@ -171,30 +170,30 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
                                                              k=RECALL_K)))
     for query in queries:
         filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
-        visual, sentence, look = _query_vectors(searcher, query)
+        # The searches the engine makes for this query, as its plan says (engine.search.Searcher.plan):
+        # which vectors gather candidates (the joint-space titles and, beside a photo, the
+        # sentences only score) and at what breadth and limit.
+        prepared = searcher.prepare(SearchQuery(text=query.text, image=query.image, k=RECALL_K))
+        plan = searcher.plan(prepared)
         rows = filter_rows(filters, synthetic) if mode == "filtered" else None
         selectivity.append(len(rows) / len(synthetic) if rows is not None else 1.0)
         started = time.perf_counter()
-        exact_images = exact_top(synthetic.image, visual, RECALL_K, rows)
+        exact_images = exact_top(synthetic.image, prepared.visual, RECALL_K, rows)
         exact_latencies.append(time.perf_counter() - started)
+        photo = next(probe for probe in plan.gather if probe.using == IMAGE_VECTOR)
         started = time.perf_counter()
-        # The photo search as the engine makes it: wider when the query has words (engine.search).
-        breadth = photo_breadth(bool(query.text))
-        searcher.store.query(visual, IMAGE_VECTOR, filters, ANN_LIMIT, breadth=breadth)
+        searcher.store.query(photo.vector, IMAGE_VECTOR, filters, plan.limit, breadth=photo.breadth)
         ann_latencies.append(time.perf_counter() - started)
-        # The HNSW searches the engine makes for this query (engine.search: the joint-space title
-        # vector only scores candidates, it does not gather them).
-        searches = [(IMAGE_VECTOR, visual, exact_images)]
-        if sentence is not None and query.image is None:  # with a photo, the words only score (engine.search)
-            searches.append((SENTENCE_VECTOR, sentence, None))
-        if look is not None and synthetic.look is not None and len(recalls[LOOK_VECTOR]) < LOOK_RECALL_QUERIES:
-            searches.append((LOOK_VECTOR, look, None))
-        for using, vector, exact in searches:
-            if exact is None:
-                exact = exact_top(getattr(synthetic, MATRIX[using]), vector, RECALL_K, rows)
-            wide = breadth if using == IMAGE_VECTOR else 1
-            recalls[using].append(_overlap(searcher.store.query(vector, using, filters, RECALL_K, breadth=wide), exact))
-            probes.append((using, vector, filters, exact))
+        for probe in plan.gather:
+            if probe.using not in MATRIX or probe.vector is None:
+                continue  # BM25 terms have no exact search to compare with
+            if probe.using == LOOK_VECTOR and (synthetic.look is None or len(recalls[LOOK_VECTOR]) >= LOOK_RECALL_QUERIES):
+                continue
+            exact = exact_images if probe.using == IMAGE_VECTOR else exact_top(
+                getattr(synthetic, MATRIX[probe.using]), probe.vector, RECALL_K, rows)
+            hits = searcher.store.query(probe.vector, probe.using, filters, RECALL_K, breadth=probe.breadth)
+            recalls[probe.using].append(_overlap(hits, exact))
+            probes.append((probe.using, probe.vector, filters, exact))
     engine, exact = _percentiles(latencies), _percentiles(exact_latencies)
     return {
         "queries": len(queries), **engine,
@@ -210,19 +209,6 @@ def _timed_search(searcher: Searcher, query: SearchQuery) -> float:
     started = time.perf_counter()
     searcher.search(query)
     return time.perf_counter() - started
-
-
-def _query_vectors(searcher: Searcher, query: BenchQuery):
-    """The vectors the engine searched with: (visual, sentence, look); texts come from the encoder's
-    cache, photos are encoded again."""
-    encoder = searcher.encoder
-    text = encoder.encode_text(query.text) if query.text else None
-    photo, look = None, None
-    if query.image is not None:
-        joint, looks = photo_vectors(encoder, [query.image])
-        photo, look = joint[0], (looks[0] if looks is not None else None)
-    sentence = encoder.encode_sentence(query.text) if query.text else None
-    return compose(photo, text, searcher.settings.photo_text_mix), sentence, look
 
 
 def _overlap(hits, exact: np.ndarray) -> float:
