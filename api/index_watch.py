@@ -15,8 +15,8 @@ import anyio
 import anyio.to_thread
 
 from api.runtime import Runtime
-from engine.encoder import load_encoder
 from engine.errors import SnapshopError
+from engine.model_loading import load_encoder
 from engine.settings import Settings
 from engine.store import open_store
 from engine.store.aliases import EdgeAliases, IndexEntry, model_of

@@ -20,9 +20,11 @@ import anyio.to_thread
 
 from api.ratelimit import RateLimiter
 from engine.analytics.log import QueryLog
-from engine.encoder import Encoder, load_encoder
+from engine.encoder import Encoder
 from engine.errors import StoreUnavailable
 from engine.images import DecodeBudget
+from engine.model_loading import load_encoder
+from engine.products import Products
 from engine.search import Searcher
 from engine.settings import ApiSettings, Settings
 from engine.store import VectorStore, open_store
@@ -47,6 +49,11 @@ class Runtime:
     # old index is closed only when the last search that started on it is done.
     generation: int = 0
     in_flight: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def products(self) -> Products:
+        """The product service on the store served now (a reindex may switch it)."""
+        return Products(self.store)
 
     async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
         """``function(*args, **kwargs)`` in a worker thread, at most ``api.search_threads`` at once."""

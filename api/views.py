@@ -6,36 +6,33 @@ from fastapi import Request
 
 from api.ids import id_segment
 from api.schemas import Product, SearchHit
+from engine.products import ProductPayload, payload_of
 from engine.search import SearchResult
-from engine.store import StoredProduct
 
 REMOTE_PREFIXES = ("http://", "https://")
 
 
-def image_urls(request: Request, product_id: str, payload: dict) -> list[str]:
+def image_urls(request: Request, product: ProductPayload) -> list[str]:
     """The shop's own image URLs as they are; local photos as this app's ``/images/{id}/{n}``."""
-    files = payload.get("image_files") or payload.get("images") or []
     urls = []
-    for n, source in enumerate(files):
+    for n, source in enumerate(product.photo_sources):
         if str(source).startswith(REMOTE_PREFIXES):
             urls.append(str(source))
         elif source:  # '' marks a photo the ingest refused to read: nothing to show
-            urls.append(str(request.url_for("product_image", product_id=id_segment(product_id), n=n)))
+            urls.append(str(request.url_for("product_image", product_id=id_segment(product.product_id), n=n)))
     return urls
 
 
 def to_hit(result: SearchResult, request: Request) -> SearchHit:
     return SearchHit(
         id=result.product_id, title=result.title, price=result.price, category=result.category,
-        images=image_urls(request, result.product_id, result.payload), score=result.score,
+        images=image_urls(request, payload_of(result.payload, result.product_id)), score=result.score,
         signals=result.signals, explanation=result.explanation,
     )
 
 
-def to_product(stored: StoredProduct, request: Request) -> Product:
-    payload = stored.payload
+def to_product(product: ProductPayload, request: Request) -> Product:
     return Product(
-        id=stored.product_id, title=payload.get("title", ""), price=payload.get("price"),
-        category=payload.get("category"), images=image_urls(request, stored.product_id, payload),
-        fields=payload.get("fields") or {},
+        id=product.product_id, title=product.title, price=product.price, category=product.category,
+        images=image_urls(request, product), fields=product.fields,
     )

@@ -11,12 +11,13 @@ change it without re-embedding); every reader then gets it typed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.errors import ProductNotFound
+from engine.records import check_category, check_price, check_stock, check_value
 from engine.store.base import ProductPoint, VectorStore
 
 # A payload changed by hand (PATCH): the catalog stays the source of truth, and the next ingest
@@ -49,6 +50,11 @@ class ProductPayload(BaseModel):
     model: str | None = None  # the model tag that made the vectors
     ingested_at: float | None = None
 
+    @property
+    def photo_sources(self) -> list[str]:
+        """Where each photo is shown from: the located files, or the catalog's references."""
+        return self.image_files or self.images
+
 
 class Bookkeeping(BaseModel):
     """What ingest needs to know of a stored product to plan a re-ingest."""
@@ -57,7 +63,10 @@ class Bookkeeping(BaseModel):
     meta_hash: str | None = None
 
 
-BOOKKEEPING_FIELDS = ["product_id", *Bookkeeping.model_fields]
+BOOKKEEPING_FIELDS = list(Bookkeeping.model_fields)
+# How a patched value is checked (engine.records, the one validation of product records); any
+# other field is checked as a free catalog value.
+PATCH_CHECKS = {"price": check_price, "category": check_category, "stock": check_stock}
 
 
 class Products:
@@ -80,17 +89,14 @@ class Products:
 
     def bookkeeping(self) -> dict[str, Bookkeeping]:
         """Every stored product's ingest bookkeeping, by id."""
-        return {pid: Bookkeeping.model_validate(values) for pid, values in self.store.scroll_ids()}
-
-    def ids(self) -> Iterator[str]:
-        for product_id, _ in self.store.scroll_ids():
-            yield product_id
+        return {pid: Bookkeeping.model_validate(values) for pid, values in self.store.scroll_ids(BOOKKEEPING_FIELDS)}
 
     # --- writes -----------------------------------------------------------------------------
     def patch(self, product_id: str, changes: dict[str, Any]) -> ProductPayload:
         """Change payload fields of one product without re-embedding it; returns the product as
         stored after. ``PATCHABLE`` fields change in place, any other under ``fields``. The caller
         holds the store's write lock, so nothing writes between the read and the write."""
+        changes = {name: PATCH_CHECKS.get(name, _free_value)(value, name) for name, value in changes.items()}
         payload = self.get(product_id)
         values: dict[str, Any] = {name: changes[name] for name in PATCHABLE if name in changes}
         extra = {name: value for name, value in changes.items() if name not in PATCHABLE}
@@ -125,6 +131,10 @@ class Products:
     def set_payload(self, product_id: str, payload: ProductPayload) -> None:
         """Rewrite a stored product's payload (its vectors unchanged)."""
         self.store.set_payload(product_id, stored_form(payload))
+
+
+def _free_value(value: Any, name: str) -> Any:
+    return check_value(value, name)
 
 
 def new_payload(product_id: str, title: str, price: float | None, category: str | None, images: list[str],

@@ -19,6 +19,7 @@ from PIL import Image
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
+from engine.products import payload_of
 from engine.ranking import fuse, fused_scores, softmax, squash
 from engine.settings import SearchSettings
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction
@@ -351,13 +352,14 @@ def compose(photo: np.ndarray | None, text: np.ndarray | None, text_share: float
 
 def to_result(product_id: str, payload: dict, score: float, signals: dict[str, float],
               shares: dict[str, float]) -> SearchResult:
+    product = payload_of(payload, product_id)
     return SearchResult(
         product_id=product_id,
         score=round(score, 6),
-        title=payload.get("title", ""),
-        price=payload.get("price"),
-        category=payload.get("category"),
-        images=list(payload.get("images", [])),
+        title=product.title,
+        price=product.price,
+        category=product.category,
+        images=list(product.images),
         payload=payload,
         signals={k: round(v, 4) for k, v in signals.items()},
         explanation={k: round(v, 4) for k, v in shares.items()},

@@ -101,9 +101,6 @@ class WeightsBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    def merged(self, overrides: dict[str, float] | None):
-        return self.model_copy(update=overrides or {}) if overrides else self
-
 
 class SignalRegistry:
     """The signals in explanation order, and what is derived from them."""

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from engine.errors import InvalidImage
 from engine.images import load_image_file
 from engine.lit_model import build_lit_model, trainable_state
-from engine.look_head import LookConfig, pooled_features, train_look_head
+from engine.look_training import LookConfig, pooled_features, train_look_head
 from engine.registry import resolve_model
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,6 @@ def train_lit_heads(
 
     history, best = _fit(model, image_feats, text_feats, train_idx, val_idx, config, progress)
     model.load_state_dict(best["state"], strict=False)
-    calibration = fit_calibration(model, image_feats[:, train_idx], text_feats[train_idx], config.seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     report = TrainReport(
         train_products=len(train_idx), val_products=len(val_idx), skipped_images=skipped,
@@ -111,7 +110,7 @@ def train_lit_heads(
     )
     metadata = {"model": model_name, "val_seed": config.seed, "val_fraction": config.val_fraction,
                 "report": {k: v for k, v in asdict(report).items() if k not in ("history", "skipped_images")},
-                "config": asdict(config), "calibration": calibration}
+                "config": asdict(config)}
     checkpoint = {"state_dict": best["state"], "metadata": metadata}
     if look is not None:
         checkpoint = _with_look_head(checkpoint, model, preprocess, kept, val_ids, look, progress)
@@ -263,55 +262,6 @@ def _fit(model, image_feats, text_feats, train_idx, val_idx, config: TrainConfig
     best.setdefault("r10", 0.0)
     best.setdefault("mrr", 0.0)
     return history, best
-
-
-def fit_calibration(model, image_feats: torch.Tensor, text_feats: torch.Tensor, seed: int) -> dict:
-    """Logistic calibration of the joint-space signals from matching vs random training pairs.
-
-    image_text: a title against photos; image_photo: a (mirrored) photo against photos;
-    caption: a photo against titles. Each gets (center, scale) so that sigmoid((s - center) / scale)
-    is the chance that a pair with similarity s is a match, for balanced matches and non-matches.
-    """
-    model.visual.head.eval()
-    model.text.proj.eval()
-    with torch.no_grad():
-        img = torch.nn.functional.normalize(model.visual.head(image_feats[0].clone()), dim=-1)
-        txt = torch.nn.functional.normalize(model.text.proj(text_feats.clone()), dim=-1)
-        flipped = (torch.nn.functional.normalize(model.visual.head(image_feats[1].clone()), dim=-1)
-                   if image_feats.shape[0] > 1 else None)
-    out = {"image_text": _logistic(txt, img, seed), "caption": _logistic(img, txt, seed)}
-    if flipped is not None:
-        out["image_photo"] = _logistic(flipped, img, seed)
-    return out
-
-
-def _logistic(queries: torch.Tensor, items: torch.Tensor, seed: int) -> dict:
-    """Fit sigmoid((s - center) / scale) to matches vs hard non-matches.
-
-    Non-matches are drawn from each query's 20 nearest other items: the ranker compares
-    candidates that already look alike, so that is where the curve must not be flat or saturated.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    sample = torch.randperm(len(items), generator=generator)[:4000]
-    queries, items = queries[sample], items[sample]
-    similarity = queries @ items.T
-    positives = similarity.diagonal().clone()
-    similarity.fill_diagonal_(-2.0)
-    nearest = similarity.topk(20, dim=1)
-    pick = torch.randint(0, 20, (len(items),), generator=generator)
-    negatives = nearest.values[torch.arange(len(items)), pick]
-    scores = torch.cat([positives, negatives]).detach().clone()
-    labels = torch.cat([torch.ones_like(positives), torch.zeros_like(negatives)])
-    center = torch.full((1,), float(scores.mean()), requires_grad=True)
-    log_scale = torch.full((1,), math.log(float(scores.std()) + 1e-3), requires_grad=True)
-    optimizer = torch.optim.Adam([center, log_scale], lr=0.01)
-    for _ in range(500):
-        logits = (scores - center) / log_scale.exp()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return {"center": round(center.item(), 4), "scale": round(log_scale.exp().item(), 4)}
 
 
 @torch.no_grad()

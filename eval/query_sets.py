@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -68,14 +68,6 @@ def composed_queries(rows: list[ProductRow], base_dir: Path, count: int, seed: i
         if len(queries) >= count:
             break
     return queries
-
-
-@dataclass
-class QuerySets:
-    describing: list[TextQuery] = field(default_factory=list)
-    category: list[TextQuery] = field(default_factory=list)
-    photos: list[PhotoQuery] = field(default_factory=list)
-    photos_kind: str = "augmented"
 
 
 def describing_queries(rows: list[ProductRow], count: int, seed: int = 0) -> list[TextQuery]:

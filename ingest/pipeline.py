@@ -30,6 +30,7 @@ from engine.errors import InvalidImage, PruneRefused
 from engine.fetch import fetch_url
 from engine.images import decode_image, load_image_file
 from engine.lexical import title_terms
+from engine.products import ProductPayload, Products, new_payload, stored_form
 from engine.settings import IngestSettings
 from engine.store import ProductPoint, VectorStore
 from ingest.catalog import Catalog, ProductRow
@@ -146,14 +147,9 @@ def _digest(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def payload_of(row: ProductRow, c_hash: str, m_hash: str, model_tag: str, loader: ImageLoader) -> dict:
-    return {
-        "title": row.title, "price": row.price, "category": row.category, "images": row.images,
-        # Where the API finds the photos to show: absolute local paths, or the URLs as given.
-        "image_files": [loader.locate(source) for source in row.images],
-        "fields": row.fields, "content_hash": c_hash, "meta_hash": m_hash, "model": model_tag,
-        "ingested_at": time.time(),
-    }
+def payload_of(row: ProductRow, c_hash: str, m_hash: str, model_tag: str, loader: ImageLoader) -> ProductPayload:
+    return new_payload(row.product_id, row.title, row.price, row.category, row.images,
+                       [loader.locate(source) for source in row.images], row.fields, c_hash, m_hash, model_tag)
 
 
 def ingest_catalog(
@@ -181,19 +177,20 @@ def ingest_catalog(
                             for e in catalog.errors]
     loader = ImageLoader(catalog.base_dir, settings)
     started = time.perf_counter()
-    stored = dict(store.scroll_ids())
+    products = Products(store)
+    stored = products.bookkeeping()
     if prune:
         summary.pruned = _to_prune(catalog, stored, summary)
         _check_prune_share(len(summary.pruned), len(stored), settings.prune_max_share, force, dry_run, summary)
-    to_embed = _plan(catalog, stored, loader, encoder, store, summary, dry_run)
+    to_embed = _plan(catalog, stored, loader, encoder, products, summary, dry_run)
     if dry_run:
         summary.added = sum(row.product_id not in stored for row, *_ in to_embed)
         summary.updated, summary.deleted = len(to_embed) - summary.added, len(summary.pruned)
         return summary
-    store.delete(summary.pruned)
+    products.prune(summary.pruned)
     summary.deleted = len(summary.pruned)
     summary.seconds["plan"] = time.perf_counter() - started
-    _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch)
+    _embed_and_store(to_embed, stored, loader, encoder, products, settings, summary, progress, on_batch)
     t = time.perf_counter()
     store.optimize()
     summary.seconds["index"] = time.perf_counter() - t
@@ -201,19 +198,19 @@ def ingest_catalog(
     return summary
 
 
-def _plan(catalog, stored, loader, encoder, store, summary, dry_run) -> list[tuple[ProductRow, str, str]]:
+def _plan(catalog, stored, loader, encoder, products, summary, dry_run) -> list[tuple[ProductRow, str, str]]:
     """Rows to embed; unchanged ones are counted, and a changed payload alone is rewritten here."""
     to_embed: list[tuple[ProductRow, str, str]] = []
     for row in catalog.rows:
         c_hash, m_hash = content_hash(row, loader, encoder.info.tag), meta_hash(row)
         previous = stored.get(row.product_id)
-        if previous and previous.get("content_hash") == c_hash:
-            if previous.get("meta_hash") == m_hash:
+        if previous and previous.content_hash == c_hash:
+            if previous.meta_hash == m_hash:
                 summary.unchanged += 1
                 summary.outcomes[row.product_id] = "unchanged"
             else:
                 if not dry_run:
-                    store.set_payload(row.product_id, payload_of(row, c_hash, m_hash, encoder.info.tag, loader))
+                    products.set_payload(row.product_id, payload_of(row, c_hash, m_hash, encoder.info.tag, loader))
                 summary.payload_only += 1
                 summary.outcomes[row.product_id] = "payload_only"
         else:
@@ -254,7 +251,7 @@ def _check_prune_share(gone: int, held: int, max_share: float, force: bool, dry_
     raise PruneRefused(message)
 
 
-def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary, progress, on_batch) -> None:
+def _embed_and_store(to_embed, stored, loader, encoder, products, settings, summary, progress, on_batch) -> None:
     batch_size = settings.upsert_batch
     batches = [to_embed[i : i + batch_size] for i in range(0, len(to_embed), batch_size)]
     timings = {"decode_wait": 0.0, "encode": 0.0, "upsert": 0.0}
@@ -280,7 +277,7 @@ def _embed_and_store(to_embed, stored, loader, encoder, store, settings, summary
             timings["decode_wait"] += time.perf_counter() - t
             points = _encode(ready, encoder, timings, loader)
             t = time.perf_counter()
-            store.upsert(points)
+            products.upsert(points)
             timings["upsert"] += time.perf_counter() - t
             for point in points:
                 outcome = "updated" if point.product_id in stored else "added"
@@ -328,6 +325,6 @@ def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list
         looks = look_vectors[offset : offset + len(images)]
         offset += len(images)
         points.append(ProductPoint(row.product_id, np.ascontiguousarray(vectors), title_vector,
-                                   payload_of(row, c_hash, m_hash, encoder.info.tag, loader), sentence,
+                                   stored_form(payload_of(row, c_hash, m_hash, encoder.info.tag, loader)), sentence,
                                    title_terms(row.title), np.ascontiguousarray(looks)))
     return points

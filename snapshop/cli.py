@@ -15,13 +15,26 @@ from typing import Annotated, Optional
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperGroup
 
 from engine.errors import SnapshopError
 from engine.settings import Settings
 from engine.signals import SIGNALS
 
+
+class _Commands(TyperGroup):
+    """Every command: an engine error, whichever command raises it, is one line on stderr and
+    exit code 2 (the one place the CLI turns engine errors into exit codes)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SnapshopError as e:
+            fail(str(e))
+
+
 app = typer.Typer(help="snapshop: visual product search for online shops.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_Commands)
 
 StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="Embedded store directory [SNAPSHOP_STORE__PATH].")]
 UrlOpt = Annotated[Optional[str], typer.Option("--qdrant-url", help="Qdrant server URL [SNAPSHOP_STORE__URL].")]
@@ -78,22 +91,19 @@ def ingest(
     report: Annotated[Optional[Path], typer.Option(help="Write the summary as JSON here.")] = None,
 ) -> None:
     """Embed a catalog's photos and titles into the store (idempotent, resumable)."""
-    from engine.encoder import load_encoder
+    from engine.model_loading import load_encoder
     from engine.store import open_store
     from ingest.catalog import read_catalog
     from ingest.pipeline import ingest_catalog
 
     settings = build_settings(store, qdrant_url, model)
-    try:
-        parsed = read_catalog(catalog)
-        encoder = load_encoder(settings.model)
-        with open_store(settings.store, encoder.info) as vector_store:
-            summary = ingest_catalog(parsed, encoder, vector_store, settings.ingest, prune=prune,
-                                     progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
-                                     force=force, dry_run=dry_run)
-            total = vector_store.count()
-    except SnapshopError as e:
-        fail(str(e))
+    parsed = read_catalog(catalog)
+    encoder = load_encoder(settings.model)
+    with open_store(settings.store, encoder.info) as vector_store:
+        summary = ingest_catalog(parsed, encoder, vector_store, settings.ingest, prune=prune,
+                                 progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
+                                 force=force, dry_run=dry_run)
+        total = vector_store.count()
     data = summary.as_dict()
     if dry_run:
         _echo_dry_run(catalog, data, total, report)
@@ -150,24 +160,21 @@ def search(
     model: ModelOpt = None,
 ) -> None:
     """Search by --text, --image, or both, with optional filters."""
-    from engine.encoder import load_encoder
     from engine.images import load_image_file
+    from engine.model_loading import load_encoder
     from engine.search import Searcher, SearchQuery
     from engine.store import SearchFilters, open_store
 
     settings = build_settings(store, qdrant_url, model)
-    try:
-        weights = _parse_weights(weight or [])
-        photo = load_image_file(image) if image else None
-        filters = SearchFilters(tuple(category or ()), min_price, max_price)
-        encoder = load_encoder(settings.model)
-        with open_store(settings.store, encoder.info) as vector_store:
-            if vector_store.count() == 0:
-                fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
-            response = Searcher(encoder, vector_store, settings.search).search(
-                SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights))
-    except SnapshopError as e:
-        fail(str(e))
+    weights = _parse_weights(weight or [])
+    photo = load_image_file(image) if image else None
+    filters = SearchFilters(tuple(category or ()), min_price, max_price)
+    encoder = load_encoder(settings.model)
+    with open_store(settings.store, encoder.info) as vector_store:
+        if vector_store.count() == 0:
+            fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
+        response = Searcher(encoder, vector_store, settings.search).search(
+            SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights))
     if as_json:
         typer.echo(json.dumps({"nothing_close": response.nothing_close,
                                "data": [{k_: v for k_, v in r.__dict__.items() if k_ != "payload"}
@@ -206,22 +213,15 @@ def delete(
     product_ids: Annotated[list[str], typer.Argument(help="Product ids to delete.")],
     store: StoreOpt = None,
     qdrant_url: UrlOpt = None,
-    model: ModelOpt = None,
 ) -> None:
-    """Delete products from the store by id."""
-    from engine.encoder import load_encoder
-    from engine.store import open_store
+    """Delete products from the store by id (no model is loaded: the store says which made it)."""
+    from engine.products import Products
+    from engine.store import open_existing_store
 
-    settings = build_settings(store, qdrant_url, model)
-    try:
-        encoder = load_encoder(settings.model)
-        with open_store(settings.store, encoder.info) as vector_store:
-            found = vector_store.get(product_ids)
-            vector_store.delete(list(found))
-    except SnapshopError as e:
-        fail(str(e))
-    missing = sorted(set(product_ids) - set(found))
-    typer.echo(f"deleted {len(found)} products" + (f"; not found: {', '.join(missing)}" if missing else ""))
+    settings = build_settings(store, qdrant_url)
+    with open_existing_store(settings.store) as vector_store:
+        deleted, missing = Products(vector_store).delete(product_ids)
+    typer.echo(f"deleted {len(deleted)} products" + (f"; not found: {', '.join(sorted(missing))}" if missing else ""))
 
 
 @app.command()
@@ -240,7 +240,7 @@ def train(
     model: ModelOpt = None,
 ) -> None:
     """Train the offline model's heads on a catalog's image-title pairs (LiT), and its appearance head."""
-    from engine.look_head import LookConfig
+    from engine.look_training import LookConfig
     from engine.registry import resolve_model
     from engine.training import TrainConfig, TrainingPair, train_lit_heads, train_look_only
     from ingest.catalog import read_catalog
@@ -266,7 +266,7 @@ def train(
         config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed)
         result = train_lit_heads(pairs, out, config, model_name=settings.model.name,
                                  look=LookConfig(seed=seed) if look else None)
-    except (SnapshopError, ValueError) as e:
+    except ValueError as e:  # too few pairs to train on
         fail(str(e))
     typer.echo(
         f"trained on {result.train_products} products, validated on {result.val_products} "
@@ -308,19 +308,16 @@ def evaluate(
     model: ModelOpt = None,
 ) -> None:
     """Recall@1/5/10, MRR and nDCG@10 per query set and per signal (image, text, BM25, fused)."""
-    from engine.encoder import load_encoder
+    from engine.model_loading import load_encoder
     from eval.harness import format_table, run_eval, write_outputs
 
     settings = build_settings(model=model)
-    try:
-        encoder = load_encoder(settings.model)
-        if split not in ("all", "train", "validation"):
-            fail(f"--split must be all, train or validation, not '{split}'")
-        report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
-                          settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
-                          only=set(only.split(",")) if only else None)
-    except SnapshopError as e:
-        fail(str(e))
+    encoder = load_encoder(settings.model)
+    if split not in ("all", "train", "validation"):
+        fail(f"--split must be all, train or validation, not '{split}'")
+    report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
+                      settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
+                      only=set(only.split(",")) if only else None)
     typer.echo(format_table(report))
     paths = write_outputs(report, out)
     typer.echo(f"wrote {paths['json']} and {paths['plot']}")
@@ -340,10 +337,7 @@ def serve(
     from api.app import create_app
 
     settings = build_settings(store, qdrant_url, model)
-    try:
-        application = create_app(settings)
-    except SnapshopError as e:
-        fail(str(e))
+    application = create_app(settings)
     # One process: the embedded store admits a single one, and the model is loaded once.
     uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port, workers=1,
                 log_level="info")
@@ -385,22 +379,19 @@ def bench(
         return values
 
     settings = build_settings(model=model)
-    try:
-        chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
-        unknown = set(chosen) - set(SECTIONS)
-        if unknown:
-            fail(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
-        config = BenchConfig(
-            catalog=catalog, sizes=numbers(sizes), queries=queries, source_products=source_products,
-            ingest_products=ingest_products, quality_products=quality_products, batches=numbers(batches),
-            precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), sections=chosen,
-            ef_sweep=numbers(ef), noise=noise, min_seconds=min_seconds, work_dir=work_dir, keep_stores=keep_stores,
-            reuse_stores=reuse_stores, warmup=warmup,
-            cached_repeats=min(50, queries),
-        )
-        report = run_bench(settings, config, say=lambda message: typer.echo(f"bench: {message}", err=True))
-    except SnapshopError as e:
-        fail(str(e))
+    chosen = tuple(s.strip() for s in sections.split(",") if s.strip())
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        fail(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    config = BenchConfig(
+        catalog=catalog, sizes=numbers(sizes), queries=queries, source_products=source_products,
+        ingest_products=ingest_products, quality_products=quality_products, batches=numbers(batches),
+        precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), sections=chosen,
+        ef_sweep=numbers(ef), noise=noise, min_seconds=min_seconds, work_dir=work_dir, keep_stores=keep_stores,
+        reuse_stores=reuse_stores, warmup=warmup,
+        cached_repeats=min(50, queries),
+    )
+    report = run_bench(settings, config, say=lambda message: typer.echo(f"bench: {message}", err=True))
     typer.echo(format_table(report))
     typer.echo(f"wrote {write_report(report, out)}")
 

@@ -10,8 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from engine.errors import SnapshopError
-
 LogOpt = Annotated[Optional[Path], typer.Option("--log", help="The query log [SNAPSHOP_ANALYTICS__PATH].")]
 DaysOpt = Annotated[float, typer.Option(help="Use the searches of the last this many days.")]
 
@@ -34,11 +32,8 @@ def report(
     path = log or settings.analytics.path
     if not path.exists():
         fail(f"no query log at {path}: turn search analytics on (SNAPSHOP_ANALYTICS__ENABLED=true) and serve")
-    try:
-        with QueryLog(path, settings.analytics.retention_days) as query_log, _nearest(settings, nearest) as near:
-            result = build_report(query_log, time.time() - days * 86400, top=top, clusters=clusters, nearest=near)
-    except SnapshopError as e:
-        fail(str(e))
+    with QueryLog(path, settings.analytics.retention_days) as query_log, _nearest(settings, nearest) as near:
+        result = build_report(query_log, time.time() - days * 86400, top=top, clusters=clusters, nearest=near)
     typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else format_report(result))
 
 
@@ -50,8 +45,8 @@ class _nearest:
 
     def __enter__(self):
         from engine.analytics.report import store_nearest
-        from engine.encoder import load_encoder
         from engine.errors import StoreUnavailable
+        from engine.model_loading import load_encoder
         from engine.store import open_store
 
         if not self.wanted:
@@ -109,11 +104,8 @@ def tune(
     path = log or settings.analytics.path
     if not path.exists():
         fail(f"no query log at {path}: turn search analytics on (SNAPSHOP_ANALYTICS__ENABLED=true) and serve")
-    try:
-        with QueryLog(path, settings.analytics.retention_days) as query_log:
-            result = fit_weights(query_log, RankerWeights(**settings.search.weights), time.time() - days * 86400)
-    except SnapshopError as e:
-        fail(str(e))
+    with QueryLog(path, settings.analytics.retention_days) as query_log:
+        result = fit_weights(query_log, RankerWeights(**settings.search.weights), time.time() - days * 86400)
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
     else:
@@ -154,17 +146,14 @@ def backup(
     store: StoreOpt = None,
 ) -> None:
     """A consistent copy of the embedded store (stop a server that holds it first)."""
-    from engine.encoder import load_encoder
+    from engine.model_loading import load_encoder
     from engine.store import open_store
     from engine.store.backup import backup_store
-    from snapshop.cli import build_settings, fail
+    from snapshop.cli import build_settings
 
     settings = build_settings(store)
-    try:
-        with open_store(settings.store, load_encoder(settings.model).info) as vector_store:
-            manifest = backup_store(vector_store, dest)
-    except SnapshopError as e:
-        fail(str(e))
+    with open_store(settings.store, load_encoder(settings.model).info) as vector_store:
+        manifest = backup_store(vector_store, dest)
     typer.echo(f"backed up '{manifest.collection}' ({manifest.products} products) to {dest}")
 
 
@@ -175,19 +164,16 @@ def restore(
                                                             "name by default).")] = None,
 ) -> None:
     """Restore a backup into a store path where that collection does not exist yet, then check it opens."""
-    from engine.encoder import load_encoder
+    from engine.model_loading import load_encoder
     from engine.store import open_store
     from engine.store.backup import restore_store
     from snapshop.cli import build_settings, fail
 
     settings = build_settings(store)
-    try:
-        manifest = restore_store(source, settings.store.path, collection)
-        settings.store.collection = collection or manifest.collection
-        with open_store(settings.store, load_encoder(settings.model).info) as vector_store:
-            products = vector_store.count()
-    except SnapshopError as e:
-        fail(str(e))
+    manifest = restore_store(source, settings.store.path, collection)
+    settings.store.collection = collection or manifest.collection
+    with open_store(settings.store, load_encoder(settings.model).info) as vector_store:
+        products = vector_store.count()
     if products != manifest.products:
         fail(f"the restored store holds {products} products, the backup {manifest.products}")
     typer.echo(f"restored '{settings.store.collection}' ({products} products) into {settings.store.path}")
@@ -205,7 +191,7 @@ def reindex(
 
     A running server follows the switch by itself (SNAPSHOP_STORE__ALIAS_POLL_S); the old index is
     kept until --drop-previous."""
-    from engine.encoder import load_encoder
+    from engine.model_loading import load_encoder
     from engine.store.aliases import EdgeAliases
     from ingest.catalog import read_catalog
     from ingest.reindex import reindex as build
@@ -214,20 +200,17 @@ def reindex(
     settings = build_settings(store, model=model)
     if weights is not None:
         settings.model.weights = weights
-    try:
-        if drop_previous:
-            entry = EdgeAliases(settings.store.path).entry(settings.store.collection)
-            if entry is None or not entry.previous:
-                fail(f"'{settings.store.collection}' was never switched: there is no previous index to drop")
-            EdgeAliases(settings.store.path).drop(entry.previous)
-            typer.echo(f"dropped '{entry.previous}'")
-            return
-        if catalog is None:
-            fail("give the catalog to build the new index from")
-        parsed = read_catalog(catalog)
-        report = build(parsed, load_encoder(settings.model), settings, progress=_progress())
-    except SnapshopError as e:
-        fail(str(e))
+    if drop_previous:
+        entry = EdgeAliases(settings.store.path).entry(settings.store.collection)
+        if entry is None or not entry.previous:
+            fail(f"'{settings.store.collection}' was never switched: there is no previous index to drop")
+        EdgeAliases(settings.store.path).drop(entry.previous)
+        typer.echo(f"dropped '{entry.previous}'")
+        return
+    if catalog is None:
+        fail("give the catalog to build the new index from")
+    parsed = read_catalog(catalog)
+    report = build(parsed, load_encoder(settings.model), settings, progress=_progress())
     check = report.check
     typer.echo(f"'{report.alias}' now serves '{report.collection}' ({check.products} products, self-recall@10 "
                f"{check.recall_at_10:.3f} on {check.sampled} products; {report.seconds:.1f} s); the previous index "

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from engine.encoder import load_encoder
+from engine.model_loading import load_encoder
 from engine.settings import ModelSettings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,8 @@ from conftest import FASHION, REPO, require
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
-from engine.encoder import Encoder, pick_dtype
+from engine.encoder import Encoder
+from engine.model_loading import pick_dtype
 from engine.model_info import ModelInfo
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
@@ -347,7 +348,7 @@ def test_bad_bench_options_are_one_clear_line():
 def test_the_default_precision_keeps_text_vectors_those_of_fp32(encoder):
     """'auto' on a CPU with native bf16 runs only the text tower in bf16 (for query speed): its
     vectors stay those of fp32, and photos are encoded in fp32 exactly."""
-    from engine.encoder import load_encoder, native_bf16
+    from engine.model_loading import load_encoder, native_bf16
     from engine.settings import ModelSettings
 
     if not native_bf16():

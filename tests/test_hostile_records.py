@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.encoder import ModelInfo
+from engine.model_info import ModelInfo
 from engine.errors import SnapshopError
 from engine.records import (
     INT64_MAX,

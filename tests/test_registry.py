@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.encoder import load_encoder
+from engine.model_loading import load_encoder
 from engine.errors import ModelWeightsMissing, UnknownModel
 from engine.registry import list_models, resolve_model
 from engine.settings import ModelSettings

@@ -2,11 +2,12 @@
 
 import torch
 
-from engine.encoder import load_encoder
+from engine.look_head import LookHead
+from engine.look_training import LookConfig, train_look_head
+from engine.model_loading import load_encoder
 from engine.settings import ModelSettings
-from engine.training import TrainConfig, TrainingPair, retrieval_metrics, split_validation, train_lit_heads
-from engine.look_head import LookConfig, LookHead, train_look_head
 from engine.shopper_views import shopper_view
+from engine.training import TrainConfig, TrainingPair, retrieval_metrics, split_validation, train_lit_heads
 from tests.conftest import FASHION, pick_products
 
 

@@ -26,10 +26,7 @@ CACHE_SECONDS = 3600
             response_class=Response, responses={200: {"content": {"image/*": {}}}, **error_responses(404)})
 async def product_image(product_id: ProductIdPath, n: Annotated[int, PathParam(ge=0, le=1000)],
                         runtime: RuntimeDep) -> Response:
-    found = await runtime.run(runtime.store.get, [product_id])
-    if product_id not in found:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no product with id '{product_id}'")
-    files = found[product_id].payload.get("image_files") or []
+    files = (await runtime.run(runtime.products.get, product_id)).image_files
     if n >= len(files) or not files[n]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"product '{product_id}' has no photo {n}")
     source = str(files[n])

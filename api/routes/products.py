@@ -18,7 +18,6 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, st
 
 from api.deps import RequireApiKey, RuntimeDep
 from api.ids import ProductIdPath
-from api.runtime import Runtime
 from api.schemas import (
     DeleteRequest,
     DeleteResult,
@@ -33,8 +32,6 @@ from api.schemas import (
     error_responses,
 )
 from api.views import to_hit, to_product
-from engine.errors import ProductNotFound
-from engine.store import StoredProduct
 from ingest.catalog import Catalog, catalog_from_records
 from ingest.pipeline import IngestSummary, ingest_catalog
 
@@ -42,16 +39,9 @@ router = APIRouter(prefix="/products", tags=["products"])
 WRITE_ERRORS = error_responses(401, 403, 422)
 
 
-async def _stored(runtime: Runtime, product_id: str) -> StoredProduct:
-    found = await runtime.run(runtime.store.get, [product_id])
-    if product_id not in found:
-        raise ProductNotFound(f"no product with id '{product_id}'")
-    return found[product_id]
-
-
 @router.get("/{product_id}", summary="One product", responses=error_responses(404))
 async def get_product(product_id: ProductIdPath, request: Request, runtime: RuntimeDep) -> Product:
-    return to_product(await _stored(runtime, product_id), request)
+    return to_product(await runtime.run(runtime.products.get, product_id), request)
 
 
 @router.get("/{product_id}/similar", summary="Products that look like this one",
@@ -107,39 +97,21 @@ def _upsert_summary(summary: IngestSummary, catalog: Catalog) -> UpsertSummary:
               dependencies=[RequireApiKey], responses=error_responses(401, 403, 404, 422))
 async def update_product(product_id: ProductIdPath, patch: ProductPatch, request: Request, runtime: RuntimeDep) -> Product:
     async with runtime.write_lock:  # read-modify-write of the payload: no other write in between
-        stored = await _stored(runtime, product_id)
-        values = _patched_payload(stored.payload, patch)
-        await runtime.run(runtime.store.set_payload, product_id, values)
-    return to_product(await _stored(runtime, product_id), request)
-
-
-def _patched_payload(payload: dict, patch: ProductPatch) -> dict:
-    changes = patch.model_dump(exclude_unset=True)
-    values: dict = {key: changes[key] for key in ("price", "category") if key in changes}
-    if "stock" in changes:
-        fields = dict(payload.get("fields") or {})
-        fields["stock"] = changes["stock"]
-        values["fields"] = fields
-    # The catalog stays the source of truth: the next ingest of it rewrites this payload.
-    values["meta_hash"] = "patched"
-    return values
+        product = await runtime.run(runtime.products.patch, product_id, patch.model_dump(exclude_unset=True))
+    return to_product(product, request)
 
 
 @router.delete("/{product_id}", summary="Delete one product", status_code=status.HTTP_204_NO_CONTENT,
                dependencies=[RequireApiKey], responses=error_responses(401, 403, 404))
 async def delete_product(product_id: ProductIdPath, runtime: RuntimeDep) -> Response:
     async with runtime.write_lock:
-        await _stored(runtime, product_id)
-        await runtime.run(runtime.store.delete, [product_id])
+        await runtime.run(runtime.products.delete_one, product_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/bulk-delete", summary="Delete several products", dependencies=[RequireApiKey],
              responses=WRITE_ERRORS)
 async def delete_products(request: DeleteRequest, runtime: RuntimeDep) -> DeleteResult:
-    ids = list(dict.fromkeys(request.ids))
     async with runtime.write_lock:
-        found = await runtime.run(runtime.store.get, ids)
-        await runtime.run(runtime.store.delete, list(found))
-    return DeleteResult(deleted=[pid for pid in ids if pid in found],
-                        not_found=[pid for pid in ids if pid not in found])
+        deleted, not_found = await runtime.run(runtime.products.delete, request.ids)
+    return DeleteResult(deleted=deleted, not_found=not_found)

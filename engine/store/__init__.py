@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from engine.errors import StoreError
 from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
 from engine.store.base import (
@@ -13,6 +14,7 @@ from engine.store.base import (
     StoredProduct,
     VectorStore,
     point_id,
+    recorded_info,
 )
 
 
@@ -31,7 +33,27 @@ def open_store(settings: StoreSettings, info: ModelInfo) -> VectorStore:
     return EdgeStore(settings.path, physical_collection(settings), info, settings.hnsw_ef)
 
 
+def open_existing_store(settings: StoreSettings) -> VectorStore:
+    """Open the store named in settings with the model recorded in it, without loading any model:
+    for what needs no vectors made (reading and deleting products). A store that does not exist
+    yet is an error, not created."""
+    if settings.backend == "server":
+        from engine.store.server import stored_record
+
+        record = stored_record(settings.url, settings.collection, settings.api_key, settings.timeout_s)
+    else:
+        from engine.store.aliases import physical_collection
+        from engine.store.edge import stored_record
+
+        record = stored_record(settings.path, physical_collection(settings))
+    try:
+        info = recorded_info(record)
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"the store's model record {record} names no model ({e})") from e
+    return open_store(settings, info)
+
+
 __all__ = [
     "IMAGE_VECTOR", "TEXT_VECTOR", "Hit", "ProductPoint", "SearchFilters", "StoredProduct", "VectorStore",
-    "open_store", "point_id",
+    "open_existing_store", "open_store", "point_id",
 ]

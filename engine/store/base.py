@@ -201,8 +201,8 @@ class VectorStore(ABC):
         """Up to ``size`` products with their vectors, spread over the catalog."""
 
     @abstractmethod
-    def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
-        """Every product id with its bookkeeping payload (hash), in batches."""
+    def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+        """Every product id with the payload ``fields`` named (all of it when None), read in batches."""
 
     @abstractmethod
     def optimize(self) -> None:
@@ -234,6 +234,11 @@ def check_model(stored: dict, info: ModelInfo, where: str) -> None:
             "re-index into a new store (another SNAPSHOP_STORE__PATH or SNAPSHOP_STORE__COLLECTION) "
             "with `snapshop ingest`."
         )
+
+
+def recorded_info(record: dict) -> ModelInfo:
+    """The model a store's record (``model_record``) names."""
+    return ModelInfo(record["model"], record["model_version"], int(record["dim"]), int(record.get("look_dim", 0)))
 
 
 def model_record(info: ModelInfo) -> dict:

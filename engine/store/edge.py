@@ -57,8 +57,6 @@ from engine.store.base import (
     vectors_of,
 )
 
-BOOKKEEPING = ["product_id", "content_hash", "meta_hash"]
-
 
 def _graph(m: int = 16) -> qe.HnswIndexConfig:
     """Qdrant's default graph: m 16, ef_construct 100, full scan under 10 MB, threads chosen by Qdrant."""
@@ -66,6 +64,18 @@ def _graph(m: int = 16) -> qe.HnswIndexConfig:
 
 
 _NO_GRAPH = _graph(m=0)  # m 0: no HNSW graph for this vector, its searches are exact over their filter
+
+
+def stored_record(root: Path, collection: str) -> dict:
+    """The model record of the embedded store at ``root``/``collection``, read without opening it."""
+    meta_path = Path(root) / collection / "snapshop.json"
+    if not meta_path.exists():
+        raise StoreError(f"there is no store at {meta_path.parent} (SNAPSHOP_STORE__PATH); ingest a catalog first")
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise StoreError(f"{meta_path} cannot be read ({e}); restore it, or remove {meta_path.parent} to "
+                         "start the store again") from e
 
 
 class EdgeStore(VectorStore):
@@ -104,7 +114,7 @@ class EdgeStore(VectorStore):
         meta_path = self.dir / "snapshop.json"
         shard_path = self.dir / "shard"
         if meta_path.exists():
-            check_model(self._read_meta(meta_path), info, f"the store at {self.dir}")
+            check_model(stored_record(self.dir.parent, self.dir.name), info, f"the store at {self.dir}")
             self.shard = self._open(lambda: qe.EdgeShard.load(str(shard_path)))
         else:
             if shard_path.exists():
@@ -118,13 +128,6 @@ class EdgeStore(VectorStore):
                 self.shard.update(qe.UpdateOperation.create_field_index(name, params))
             # Written last, and atomically: a store without it is an unfinished creation.
             _write_atomically(meta_path, json.dumps(model_record(info), indent=2))
-
-    def _read_meta(self, meta_path: Path) -> dict:
-        try:
-            return json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as e:
-            raise StoreError(f"{meta_path} cannot be read ({e}); restore it, or remove {self.dir} to "
-                             "start the store again") from e
 
     def _discard_unfinished(self, shard_path: Path) -> None:
         """Remove a shard whose creation was cut short (a process killed before snapshop.json).
@@ -345,11 +348,12 @@ class EdgeStore(VectorStore):
         return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector))
                 for p in self.shard.query(request)]
 
-    def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+    def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+        wanted = ["product_id", *fields] if fields is not None else True
         offset = None
         while True:
             records, offset = self.shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=batch, with_payload=BOOKKEEPING, with_vector=False)
+                qe.ScrollRequest(offset=offset, limit=batch, with_payload=wanted, with_vector=False)
             )
             for record in records:
                 payload = dict(record.payload or {})

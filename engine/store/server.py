@@ -39,7 +39,22 @@ from engine.store.base import (
     stored_payload,
     vectors_of,
 )
-from engine.store.edge import BOOKKEEPING
+
+
+def stored_record(url: str, collection: str, api_key: str | None = None, timeout_s: float = 10.0) -> dict:
+    """The model record in the metadata of the server collection ``collection``."""
+    client = QdrantClient(location=":memory:") if url == ":memory:" else QdrantClient(
+        url=url, api_key=api_key, timeout=int(max(1, timeout_s)), check_compatibility=False)
+    try:
+        if not client.collection_exists(collection):
+            raise StoreError(f"the Qdrant server at {url} has no collection '{collection}'; ingest a catalog first")
+        return client.get_collection(collection).config.metadata or {}
+    except StoreError:
+        raise
+    except Exception as e:  # connection refused, DNS, timeout: all mean "not reachable"
+        raise StoreUnavailable(f"the Qdrant server at {url} does not answer: {str(e)[:200]}") from e
+    finally:
+        client.close()
 
 
 class ServerStore(VectorStore):
@@ -213,11 +228,12 @@ class ServerStore(VectorStore):
                                             limit=size, with_payload=["product_id"], with_vectors=True)
         return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector)) for p in response.points]
 
-    def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+    def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
+        wanted = ["product_id", *fields] if fields is not None else True
         offset = None
         while True:
             records, offset = self.client.scroll(self.collection, limit=batch, offset=offset,
-                                                 with_payload=BOOKKEEPING, with_vectors=False)
+                                                 with_payload=wanted, with_vectors=False)
             for record in records:
                 yield record.payload["product_id"], dict(record.payload)
             if offset is None:

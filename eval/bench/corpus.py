@@ -27,12 +27,11 @@ import numpy as np
 from engine.encoder import Encoder
 from engine.images import load_image_file
 from engine.lexical import title_terms
+from engine.products import new_payload, stored_form
 from engine.settings import IngestSettings
 from engine.store import ProductPoint, VectorStore
 from ingest.catalog import ProductRow, read_catalog
 from ingest.pipeline import ImageLoader
-
-SENTENCE_DIM = 384
 
 
 @dataclass
@@ -212,13 +211,10 @@ def points(real: RealEmbeddings, synthetic: SyntheticCatalog, start: int, stop: 
     """Products ``start..stop`` as the store takes them: vectors and a payload shaped like ingest's."""
     for i in range(start, stop):
         s = int(synthetic.source[i])
-        payload = {
-            "title": real.titles[s], "price": float(synthetic.prices[i]),
-            "category": synthetic.category_names[synthetic.category_codes[i]],
-            "images": [Path(real.image_files[s]).name], "image_files": [real.image_files[s]],
-            "fields": real.fields[s], "content_hash": f"{i:024x}", "meta_hash": f"{s:024x}",
-            "model": "bench", "ingested_at": 0.0,
-        }
+        payload = stored_form(new_payload(
+            synthetic.product_id(i), real.titles[s], float(synthetic.prices[i]),
+            synthetic.category_names[synthetic.category_codes[i]], [Path(real.image_files[s]).name],
+            [real.image_files[s]], real.fields[s], f"{i:024x}", f"{s:024x}", "bench"))
         look = synthetic.look[i : i + 1] if synthetic.look is not None else None
         yield ProductPoint(synthetic.product_id(i), synthetic.image[i : i + 1], synthetic.text[i], payload,
                            synthetic.sentence[i], real.terms[s], look_vectors=look)

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.encoder import Encoder, load_encoder
+from engine.encoder import Encoder
 from engine.images import load_image_file
+from engine.model_loading import load_encoder
 from engine.search import Searcher
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
-from eval.bench.corpus import SENTENCE_DIM, bulk_load, real_embeddings, replicate
+from engine.store.base import SENTENCE_DIM
+from eval.bench.corpus import bulk_load, real_embeddings, replicate
 from eval.bench.encoding import bench_encoder
 from eval.bench.ingest import bench_ingest
 from eval.bench.machine import (
