@@ -24,7 +24,7 @@ from engine.ranking import fuse, fused_scores, softmax, squash
 from engine.settings import SearchSettings
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction
 from engine.store import IMAGE_VECTOR, SearchFilters, VectorStore
-from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR, TEXT_VECTOR, VectorQuery
+from engine.store.base import CAPTION_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, VectorQuery
 from engine.timing import StageClock
 
 # Candidates each signal brings: 4 per result wanted, at least 40. Measured on the validation
@@ -33,7 +33,7 @@ from engine.timing import StageClock
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 40
 # The stored vectors the ranker's background sample holds, by the StoredProduct attribute holding them.
-SAMPLED_VECTORS = {IMAGE_VECTOR: "image_vectors", TEXT_VECTOR: "text_vector", SENTENCE_VECTOR: "sentence_vector",
+SAMPLED_VECTORS = {IMAGE_VECTOR: "image_vectors", CAPTION_VECTOR: "caption_vector", SENTENCE_VECTOR: "sentence_vector",
                    LOOK_VECTOR: "look_vectors"}
 
 

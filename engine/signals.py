@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from engine.ranking import Background, bm25_share, bounded, price_closeness
 from engine.store.base import (
     BM25_VECTOR,
+    CAPTION_VECTOR,
     IMAGE_VECTOR,
     LOOK_VECTOR,
     SENTENCE_VECTOR,
-    TEXT_VECTOR,
     VectorQuery,
 )
 
@@ -268,7 +268,7 @@ SIGNALS = SignalRegistry([
     # The photos in the joint space, the sentences and BM25 already bring every product the title
     # in the joint space would: it only scores.
     Signal("caption", 0.3, 10, "caption", "the query against the product's title in the joint space (cross-modal)",
-           similarity, TEXT_VECTOR, "never", _dense(TEXT_VECTOR, "visual")),
+           similarity, CAPTION_VECTOR, "never", _dense(CAPTION_VECTOR, "visual")),
     # With a photo, words ("in black") describe a change, not a product: the titles nearest to
     # them are any product in black, so they only score what the photo and BM25 found. (Their
     # HNSW search was also the one unsure of its top 10: recall@10 0.83 at 100k products.)

@@ -104,18 +104,18 @@ def test_queries_are_measured_beside_exact_search_with_recall(tiny_report):
             assert figures["p99_ms"] >= figures["p50_ms"]
             recall = figures["recall@10"]
             assert "image" in recall and all(0 <= v <= 1 for v in recall.values())
-            assert "text" not in recall  # the titles in the joint space only score: no HNSW search
+            assert "caption" not in recall  # the titles in the joint space only score: no HNSW search
             # Typed words alone are searched as sentences too; beside a photo they only score.
-            assert ("title" in recall) == (kind == "text")
+            assert ("text" in recall) == (kind == "text")
         assert entry["queries"][kind]["filtered"]["selectivity"] < 1
     assert entry["warmup"]["queries"] == 6 + 2  # six texts and two photos, reported apart
     assert number(entry["warmup"]["p50_ms"])
     cached = entry["queries"]["text"]["cached"]
     assert number(cached["p50_ms"]) and number(cached["uncached_over_cached_p50"])
-    assert {"image", "title"} <= set(entry["hnsw_ef_sweep"])
+    assert {"image", "text"} <= set(entry["hnsw_ef_sweep"])
     for using, by_ef in entry["hnsw_ef_sweep"].items():
         # Keyed by the breadth really searched: titles search 4x wider (engine.store.base.EF_MULTIPLE).
-        assert set(by_ef) == ({"128", "512"} if using == "title" else {"32", "128"})
+        assert set(by_ef) == ({"128", "512"} if using == "text" else {"32", "128"})
         assert all(0 <= v["recall@10"] <= 1 and number(v["p50_ms"]) for v in by_ef.values())
     assert {"image", "text", "sentence"} <= set(entry["noise"]) == set(entry["copy_cosine_to_source"])
     assert all(0 < cosine < 1 for cosine in entry["copy_cosine_to_source"].values())

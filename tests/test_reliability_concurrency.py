@@ -51,7 +51,7 @@ def assert_every_product_whole(store, expected_ids: set[str]) -> None:
     stored = store.get(ids, with_vectors=True)
     for product_id, product in stored.items():
         assert product.image_vectors is not None and product.image_vectors.shape[0] >= 1, product_id
-        assert product.text_vector is not None and product.sentence_vector is not None, product_id
+        assert product.caption_vector is not None and product.sentence_vector is not None, product_id
         assert product.payload.get("title") and product.payload.get("content_hash"), product_id
 
 
@@ -87,7 +87,7 @@ def test_searches_answer_correctly_while_an_ingest_writes_to_the_same_store(shop
             assert filtered and all(r.category == category for r in filtered)
             hits = store.query(encoder.encode_images([photo])[0], IMAGE_VECTOR, SearchFilters(), 20,
                                with_vectors=True)
-            assert all(h.image_vectors is not None and h.text_vector is not None for h in hits)
+            assert all(h.image_vectors is not None and h.caption_vector is not None for h in hits)
             answered += 1
         writer.join()
         assert not failures, failures
@@ -176,7 +176,7 @@ def test_a_cli_ingest_against_a_store_held_by_a_running_process_fails_fast_and_h
         assert {pid: payload["content_hash"] for pid, payload in store.scroll_ids()} == before
     with open_store(StoreSettings(path=shop["store"]), encoder.info) as store:  # and it opens again
         assert_every_product_whole(store, catalog_ids(shop["first"]))
-        assert np.isfinite(store.get([next(iter(before))], with_vectors=True)[next(iter(before))].text_vector).all()
+        assert np.isfinite(store.get([next(iter(before))], with_vectors=True)[next(iter(before))].caption_vector).all()
 
 
 def _race_to_open(settings, info) -> tuple[list, list[str], list[str]]:

@@ -34,7 +34,7 @@ import pytest
 from engine.images import load_image_file
 from engine.settings import StoreSettings
 from engine.store import open_store, point_id
-from engine.store.base import BM25_VECTOR, IMAGE_VECTOR, SENTENCE_VECTOR, TEXT_VECTOR
+from engine.store.base import BM25_VECTOR, CAPTION_VECTOR, IMAGE_VECTOR, SENTENCE_VECTOR
 from tests.conftest import FASHION, REPO, require
 
 PRODUCTS = int(os.environ.get("SNAPSHOP_CRASH_PRODUCTS", "800"))
@@ -172,7 +172,7 @@ def _incomplete(vector, payload: dict, dim: int) -> str | None:
     image = np.asarray(vector.get(IMAGE_VECTOR) or [], dtype=np.float32)
     if image.ndim != 2 or image.shape[1] != dim or image.shape[0] < 1:
         return f"image vector {image.shape}"
-    for name, size in ((TEXT_VECTOR, dim), (SENTENCE_VECTOR, 384)):
+    for name, size in ((CAPTION_VECTOR, dim), (SENTENCE_VECTOR, 384)):
         if len(vector.get(name) or []) != size:
             return f"{name} vector missing or of the wrong size"
     if vector.get(BM25_VECTOR) is None or not vector[BM25_VECTOR].indices:
@@ -278,7 +278,7 @@ def test_a_killed_ingest_resumes_and_ends_with_every_product_once_and_whole(cras
         for product_id, image_vector, title_vector in zip(checked, fresh_images, fresh_titles):
             assert stored[product_id].image_vectors.shape == (1, encoder.info.dim)
             assert cosine(stored[product_id].image_vectors[0], image_vector) > 0.999
-            assert cosine(stored[product_id].text_vector, title_vector) > 0.999
+            assert cosine(stored[product_id].caption_vector, title_vector) > 0.999
             # Searching with the photo finds the product, whole.
             hit = store.query(image_vector, IMAGE_VECTOR, _no_filters(), 1, with_vectors=True)[0]
             assert hit.product_id == product_id and hit.payload["title"] == frame.at[product_id, "title"]
@@ -319,7 +319,7 @@ def test_a_killed_price_update_ends_with_every_new_price(crashed_ingest, shop, e
         stored = store.get(changed + unchanged, with_vectors=True)
         fresh = encoder.encode_texts([expected.at[pid, "title"] for pid in changed])
         for product_id, title_vector in zip(changed, fresh):
-            assert cosine(stored[product_id].text_vector, title_vector) > 0.999
+            assert cosine(stored[product_id].caption_vector, title_vector) > 0.999
         for product_id in unchanged:  # a price change kept the vectors (payload-only update)
             assert after.payloads[product_id]["content_hash"] == before.payloads[product_id]["content_hash"]
 
@@ -369,8 +369,8 @@ def test_a_store_killed_while_being_created_opens_again(tmp_path, rng):
 
 
 def test_a_store_with_products_but_no_model_record_is_never_discarded(tmp_path):
-    from engine.model_info import ModelInfo
     from engine.errors import StoreError
+    from engine.model_info import ModelInfo
     from engine.store import ProductPoint
 
     info, settings = ModelInfo("crash-model", "1", 8), StoreSettings(path=tmp_path / "store")

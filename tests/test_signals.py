@@ -14,7 +14,7 @@ from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, SearchSettings, Settings, StoreSettings
 from engine.signals import SIGNALS, RankerWeights, Signal
 from engine.store import open_store
-from engine.store.base import SENTENCE_VECTOR, TEXT_VECTOR
+from engine.store.base import CAPTION_VECTOR, SENTENCE_VECTOR
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog
 from tests.conftest import FASHION, REPO
@@ -76,7 +76,7 @@ def test_the_plan_says_which_searches_gather_and_which_only_score(searcher):
 def test_the_registry_derives_weights_and_score_only_vectors():
     assert tuple(RankerWeights.model_fields) == SIGNALS.names
     assert RankerWeights().look == SIGNALS["look"].default
-    assert SIGNALS.score_only_vectors == (TEXT_VECTOR,)  # the joint-space titles get no HNSW graph
+    assert SIGNALS.score_only_vectors == (CAPTION_VECTOR,)  # the joint-space titles get no HNSW graph
     with pytest.raises(ValidationError):
         RankerWeights(imagee=1.0)
     with pytest.raises(ValidationError):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from engine.model_info import ModelInfo
 from engine.errors import StoreModelMismatch, StoreUnavailable
+from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
-from engine.store import IMAGE_VECTOR, TEXT_VECTOR, ProductPoint, SearchFilters, open_store
+from engine.store import CAPTION_VECTOR, IMAGE_VECTOR, ProductPoint, SearchFilters, open_store
 
 INFO = ModelInfo("snapshop-lit-fashion", "1-test", 8)
 
@@ -41,7 +41,7 @@ def test_products_are_stored_once_and_found_by_photo_and_title(settings):
         hits = store.query(unit(1, 0.5, 0, 0, 0, 0, 0, 0), IMAGE_VECTOR, SearchFilters(), 10, with_vectors=True)
         assert [h.product_id for h in hits][:2] == ["shirt-1", "shirt-2"]
         assert hits[0].image_vectors.shape == (2, 8)
-        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), TEXT_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
+        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), CAPTION_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
 
 
 def test_filters_apply_to_every_hit(settings):
@@ -143,7 +143,7 @@ def test_batched_searches_scores_and_records_of_given_points(settings):
     with open_store(settings, INFO) as store:
         store.upsert(points)
         photo = unit(1, 0.5, 0, 0, 0, 0, 0, 0)
-        queries = [VectorQuery(IMAGE_VECTOR, photo), VectorQuery(TEXT_VECTOR, unit(0, 0, 1, 0.5, 0, 0, 0, 0), limit=1),
+        queries = [VectorQuery(IMAGE_VECTOR, photo), VectorQuery(CAPTION_VECTOR, unit(0, 0, 1, 0.5, 0, 0, 0, 0), limit=1),
                    VectorQuery(BM25_VECTOR, terms=query_terms("black shirt"))]
         by_photo, by_title, by_words = store.search_many(queries, SearchFilters(max_price=100), 10)
         every = store.search_many([VectorQuery(IMAGE_VECTOR, photo)], SearchFilters(), 10)[0]
@@ -161,7 +161,7 @@ def test_batched_searches_scores_and_records_of_given_points(settings):
         assert store.score([], queries) == [{}, {}, {}]
         partial = store.records([keys["shirt-1"]], ["product_id", "price"], [IMAGE_VECTOR])[keys["shirt-1"]]
         assert partial.payload == {"product_id": "shirt-1", "price": 20.0}
-        assert partial.image_vectors.shape == (2, 8) and partial.text_vector is None
+        assert partial.image_vectors.shape == (2, 8) and partial.caption_vector is None
 
 
 def test_graphs_are_built_only_where_search_walks_them(settings):
@@ -182,9 +182,9 @@ def test_graphs_are_built_only_where_search_walks_them(settings):
             params = store.client.get_collection(store.collection).config.params.vectors
             graphs = {name: (p.hnsw_config.m if p.hnsw_config and p.hnsw_config.m is not None else 16)
                       for name, p in params.items()}
-        assert graphs[TEXT_VECTOR] == 0 and graphs[IMAGE_VECTOR] == 16
+        assert graphs[CAPTION_VECTOR] == 0 and graphs[IMAGE_VECTOR] == 16
         # Searches on it stay exact: the title vector still finds its product.
-        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), TEXT_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
+        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), CAPTION_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
 
 
 def test_warming_reads_the_embedded_store_into_memory(settings):
@@ -200,3 +200,43 @@ def test_warming_reads_the_embedded_store_into_memory(settings):
         else:
             assert read == 0
         assert store.query(unit(1, 0, 0, 0, 0, 0, 0, 0), IMAGE_VECTOR, SearchFilters(), 1)[0].product_id == "shirt-1"
+
+
+def test_a_store_made_before_the_vectors_were_renamed_keeps_opening(tmp_path, monkeypatch):
+    """Stores of schema 3 named the joint-space title "text" and its sentence embedding "title"; such
+    a store (made here with the old names in Qdrant) opens, searches, reads and takes writes."""
+    import json
+
+    import engine.store.edge as edge
+    from engine.store.base import SENTENCE_VECTOR, model_record
+
+    settings = StoreSettings(path=tmp_path / "store")
+    shard = settings.path / settings.collection / "shard"
+
+    def with_sentences(points):
+        for n, p in enumerate(points):
+            p.sentence_vector = np.eye(384, dtype=np.float32)[n]
+        return points
+
+    monkeypatch.setattr(edge, "model_record", lambda info: {**model_record(info), "schema": 3})
+    with open_store(settings, INFO) as store:
+        store.upsert(with_sentences(products()[:2]))
+    monkeypatch.undo()
+    assert set(json.loads((shard / "edge_config.json").read_text())["vectors"]) == {"image", "text", "title"}
+
+    with open_store(settings, INFO) as store:
+        assert store.layout.name(CAPTION_VECTOR) == "text" and store.layout.name(SENTENCE_VECTOR) == "title"
+        store.upsert(with_sentences(products())[2:])  # written in the store's own names
+        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), CAPTION_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
+        assert store.query(np.eye(384, dtype=np.float32)[1], SENTENCE_VECTOR, SearchFilters(), 1)[0].product_id \
+            == "shirt-2"
+        stored = store.get(["shirt-1", "watch-1"], with_vectors=[CAPTION_VECTOR, SENTENCE_VECTOR])
+        assert stored["watch-1"].caption_vector[5] > 0.99 and stored["shirt-1"].sentence_vector[0] == 1.0
+        assert all(p.caption_vector is not None for p in store.sample(10))
+    assert set(json.loads((shard / "edge_config.json").read_text())["vectors"]) == {"image", "text", "title"}
+
+    fresh = StoreSettings(path=tmp_path / "new")
+    with open_store(fresh, INFO) as store:
+        assert store.layout.name(CAPTION_VECTOR) == "caption"
+    vectors = json.loads((fresh.path / fresh.collection / "shard" / "edge_config.json").read_text())["vectors"]
+    assert set(vectors) == {"image", "caption", "text"}

@@ -6,8 +6,8 @@ from engine.errors import StoreError
 from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
 from engine.store.base import (
+    CAPTION_VECTOR,
     IMAGE_VECTOR,
-    TEXT_VECTOR,
     Hit,
     ProductPoint,
     SearchFilters,
@@ -54,6 +54,6 @@ def open_existing_store(settings: StoreSettings) -> VectorStore:
 
 
 __all__ = [
-    "IMAGE_VECTOR", "TEXT_VECTOR", "Hit", "ProductPoint", "SearchFilters", "StoredProduct", "VectorStore",
+    "CAPTION_VECTOR", "IMAGE_VECTOR", "Hit", "ProductPoint", "SearchFilters", "StoredProduct", "VectorStore",
     "open_existing_store", "open_store", "point_id",
 ]

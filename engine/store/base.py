@@ -1,8 +1,8 @@
 """What the engine asks of a vector store, whichever Qdrant answers it.
 
 One Qdrant point per product: named vectors ``image`` (a multivector, one row per photo, scored
-MaxSim so that several photos give one product) and ``text`` (the title), payload with the
-product's fields. Point ids are UUIDs derived from the shop's product id, so re-ingesting a
+MaxSim so that several photos give one product), ``caption`` and ``text`` (the title in the joint
+space, and as a sentence embedding), ``look`` and ``bm25``, payload with the product's fields. Point ids are UUIDs derived from the shop's product id, so re-ingesting a
 product overwrites it instead of duplicating it.
 """
 
@@ -22,8 +22,8 @@ from engine.model_info import ModelInfo
 from engine.records import check_payload
 
 IMAGE_VECTOR = "image"  # photos in the joint space (multivector, MaxSim)
-TEXT_VECTOR = "text"  # the title in the joint space
-SENTENCE_VECTOR = "title"  # the title as a MiniLM sentence embedding (text-to-text similarity)
+CAPTION_VECTOR = "caption"  # the title in the joint space: what the signal ``caption`` reads
+SENTENCE_VECTOR = "text"  # the title as a MiniLM sentence embedding: what the signal ``text`` reads
 BM25_VECTOR = "bm25"  # the title's terms, scored BM25 (sparse, IDF)
 LOOK_VECTOR = "look"  # photos' appearance: the image trunk's pooled features (multivector, MaxSim)
 SENTENCE_DIM = 384
@@ -44,6 +44,42 @@ GRAPH_FIELDS = ("category",)
 EF_MULTIPLE = {SENTENCE_VECTOR: 4}
 
 
+# The store's layout version. Schema 4 named the title's vectors after the signals that read them;
+# stores made before named the joint-space title "text" and its sentence embedding "title".
+SCHEMA = 4
+_SCHEMA_3_NAMES = {CAPTION_VECTOR: "text", SENTENCE_VECTOR: "title"}
+
+
+@dataclass(frozen=True)
+class VectorLayout:
+    """Today's vector names as one store spells them: stores made before keep opening, mapped once,
+    here, from the schema they record; every name a store sends to Qdrant or reads back goes
+    through its layout."""
+
+    stored: dict[str, str] = field(default_factory=dict)  # today's name -> the store's, where they differ
+
+    @classmethod
+    def of_record(cls, record: dict) -> VectorLayout:
+        return cls(dict(_SCHEMA_3_NAMES) if int(record.get("schema", 3)) < 4 else {})
+
+    def name(self, today: str) -> str:
+        """The store's name of the vector named ``today`` in this code."""
+        return self.stored.get(today, today)
+
+    def names(self, wanted: bool | list[str] | None):
+        """``with_vectors`` as the store takes it: all, none, or the named ones."""
+        return [self.name(n) for n in wanted] if isinstance(wanted, list) else wanted
+
+    def today(self, vectors) -> dict | None:
+        """Named vectors read back from the store, under today's names."""
+        if not isinstance(vectors, dict) or not self.stored:
+            return vectors
+        back = {stored: today for today, stored in self.stored.items()}
+        return {back.get(name, name): value for name, value in vectors.items()}
+
+
+CURRENT_LAYOUT = VectorLayout()
+
 @lru_cache(maxsize=65536)
 def point_id(product_id: str) -> str:
     """The Qdrant point id of a shop's product id (Qdrant ids are integers or UUIDs). Any string
@@ -60,7 +96,7 @@ class ProductPoint:
 
     product_id: str
     image_vectors: np.ndarray  # (photos, dim)
-    text_vector: np.ndarray  # (dim,)
+    caption_vector: np.ndarray  # (dim,): the title in the joint space
     payload: dict
     sentence_vector: np.ndarray | None = None  # (384,)
     terms: tuple[list[int], list[float]] | None = None  # BM25 sparse (indices, values)
@@ -72,7 +108,7 @@ class StoredProduct:
     product_id: str
     payload: dict
     image_vectors: np.ndarray | None = None
-    text_vector: np.ndarray | None = None
+    caption_vector: np.ndarray | None = None
     sentence_vector: np.ndarray | None = None
     look_vectors: np.ndarray | None = None
 
@@ -83,7 +119,7 @@ class Hit:
     score: float
     payload: dict
     image_vectors: np.ndarray | None = None
-    text_vector: np.ndarray | None = None
+    caption_vector: np.ndarray | None = None
     sentence_vector: np.ndarray | None = None
     look_vectors: np.ndarray | None = None
 
@@ -135,6 +171,7 @@ class VectorStore(ABC):
 
     info: ModelInfo
     hnsw_ef: int = 64
+    layout: VectorLayout = CURRENT_LAYOUT  # how this store names the vectors (VectorLayout)
 
     def ef_for(self, using: str, limit: int, breadth: int = 1) -> int:
         """The HNSW search breadth for one search of ``limit`` results on the vector ``using``;
@@ -243,7 +280,9 @@ def recorded_info(record: dict) -> ModelInfo:
 
 def model_record(info: ModelInfo) -> dict:
     return {"model": info.name, "model_version": info.version, "dim": info.dim, "look_dim": info.look_dim,
-            "schema": 3}
+            "schema": SCHEMA}
+
+
 
 
 def stored_payload(p: ProductPoint) -> dict:
@@ -254,8 +293,9 @@ def stored_payload(p: ProductPoint) -> dict:
     return payload
 
 
-def vectors_of(vector) -> tuple[np.ndarray | None, ...]:
+def vectors_of(vector, layout: VectorLayout = CURRENT_LAYOUT) -> tuple[np.ndarray | None, ...]:
     """(photos, title in joint space, title sentence, photos' appearance) from named vectors."""
+    vector = layout.today(vector)
     if not isinstance(vector, dict):
         return None, None, None, None
 
@@ -263,18 +303,18 @@ def vectors_of(vector) -> tuple[np.ndarray | None, ...]:
         value = vector.get(name)
         return np.asarray(value, dtype=np.float32) if value is not None else None
 
-    return dense(IMAGE_VECTOR), dense(TEXT_VECTOR), dense(SENTENCE_VECTOR), dense(LOOK_VECTOR)
+    return dense(IMAGE_VECTOR), dense(CAPTION_VECTOR), dense(SENTENCE_VECTOR), dense(LOOK_VECTOR)
 
 
-def named_vectors(p: ProductPoint, sparse_vector) -> dict:
-    """A product's named vectors as Qdrant takes them; ``sparse_vector`` is the client's class
+def named_vectors(p: ProductPoint, sparse_vector, layout: VectorLayout = CURRENT_LAYOUT) -> dict:
+    """A product's named vectors as the store takes them; ``sparse_vector`` is the client's class
     (Qdrant Edge and qdrant-client each have their own, with the same fields)."""
     vectors = {IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
-               TEXT_VECTOR: p.text_vector.astype(np.float32).tolist()}
+               CAPTION_VECTOR: p.caption_vector.astype(np.float32).tolist()}
     if p.sentence_vector is not None:
         vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
     if p.look_vectors is not None:
         vectors[LOOK_VECTOR] = p.look_vectors.astype(np.float32).tolist()
     if p.terms is not None and p.terms[0]:
         vectors[BM25_VECTOR] = sparse_vector(indices=list(p.terms[0]), values=list(p.terms[1]))
-    return vectors
+    return {layout.name(name): value for name, value in vectors.items()}

@@ -35,6 +35,7 @@ from engine.records import check_payload
 from engine.signals import SIGNALS
 from engine.store.base import (
     BM25_VECTOR,
+    CAPTION_VECTOR,
     FLOAT_FIELDS,
     GRAPH_FIELDS,
     IMAGE_VECTOR,
@@ -42,11 +43,11 @@ from engine.store.base import (
     LOOK_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
-    TEXT_VECTOR,
     Hit,
     ProductPoint,
     SearchFilters,
     StoredProduct,
+    VectorLayout,
     VectorQuery,
     VectorStore,
     check_model,
@@ -114,12 +115,16 @@ class EdgeStore(VectorStore):
         meta_path = self.dir / "snapshop.json"
         shard_path = self.dir / "shard"
         if meta_path.exists():
-            check_model(stored_record(self.dir.parent, self.dir.name), info, f"the store at {self.dir}")
+            record = stored_record(self.dir.parent, self.dir.name)
+            check_model(record, info, f"the store at {self.dir}")
+            self.layout = VectorLayout.of_record(record)
             self.shard = self._open(lambda: qe.EdgeShard.load(str(shard_path)))
         else:
             if shard_path.exists():
                 self._discard_unfinished(shard_path)
-            self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path), self._config(info)))
+            record = model_record(info)
+            self.layout = VectorLayout.of_record(record)
+            self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path), self._config(info, self.layout)))
             for name in KEYWORD_FIELDS:
                 params = qe.KeywordIndexParams(enable_hnsw=name in GRAPH_FIELDS)
                 self.shard.update(qe.UpdateOperation.create_field_index(name, params))
@@ -127,7 +132,7 @@ class EdgeStore(VectorStore):
                 params = qe.FloatIndexParams(enable_hnsw=name in GRAPH_FIELDS)
                 self.shard.update(qe.UpdateOperation.create_field_index(name, params))
             # Written last, and atomically: a store without it is an unfinished creation.
-            _write_atomically(meta_path, json.dumps(model_record(info), indent=2))
+            _write_atomically(meta_path, json.dumps(record, indent=2))
 
     def _discard_unfinished(self, shard_path: Path) -> None:
         """Remove a shard whose creation was cut short (a process killed before snapshop.json).
@@ -172,7 +177,7 @@ class EdgeStore(VectorStore):
         )
 
     @staticmethod
-    def _config(info: ModelInfo) -> qe.EdgeConfig:
+    def _config(info: ModelInfo, layout: VectorLayout) -> qe.EdgeConfig:
         dim = info.dim
 
         def dense(size: int, name: str, **kw) -> qe.EdgeVectorParams:
@@ -182,7 +187,7 @@ class EdgeStore(VectorStore):
         maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
         vectors = {
             IMAGE_VECTOR: dense(dim, IMAGE_VECTOR, multivector_config=maxsim),
-            TEXT_VECTOR: dense(dim, TEXT_VECTOR),
+            CAPTION_VECTOR: dense(dim, CAPTION_VECTOR),
             SENTENCE_VECTOR: dense(SENTENCE_DIM, SENTENCE_VECTOR),
         }
         if info.look_dim:
@@ -190,7 +195,7 @@ class EdgeStore(VectorStore):
             vectors[LOOK_VECTOR] = dense(info.look_dim, LOOK_VECTOR, multivector_config=maxsim,
                                          datatype=qe.VectorStorageDatatype.Float16)
         return qe.EdgeConfig(
-            vectors=vectors,
+            vectors={layout.name(name): params for name, params in vectors.items()},
             sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             hnsw_config=_graph(),
         )
@@ -200,7 +205,8 @@ class EdgeStore(VectorStore):
         if not points:
             return
         edge_points = [
-            qe.Point(id=point_id(p.product_id), vector=_named(p), payload=stored_payload(p)) for p in points
+            qe.Point(id=point_id(p.product_id), vector=named_vectors(p, qe.SparseVector, self.layout),
+                     payload=stored_payload(p)) for p in points
         ]
         with self._write_lock:
             self.shard.update(qe.UpdateOperation.upsert_points(edge_points))
@@ -250,11 +256,12 @@ class EdgeStore(VectorStore):
         if not product_ids:
             return {}
         records = self.shard.retrieve([point_id(pid) for pid in product_ids], with_payload=True,
-                                      with_vector=with_vectors)
+                                      with_vector=self.layout.names(with_vectors))
         out = {}
         for record in records:
             payload = dict(record.payload or {})
-            out[payload["product_id"]] = StoredProduct(payload["product_id"], payload, *vectors_of(record.vector))
+            out[payload["product_id"]] = StoredProduct(payload["product_id"], payload,
+                                                       *vectors_of(record.vector, self.layout))
         return out
 
     def query(self, vector, using, filters, limit, with_vectors=False, breadth=1) -> list[Hit]:
@@ -263,10 +270,10 @@ class EdgeStore(VectorStore):
             query_vector = [query_vector]  # a multivector is queried with a multivector (MaxSim)
         request = qe.QueryRequest(
             limit=limit,
-            query=qe.Query.Nearest(query_vector, using=using),
+            query=qe.Query.Nearest(query_vector, using=self.layout.name(using)),
             filter=_filter(filters),
             with_payload=True,
-            with_vector=with_vectors,
+            with_vector=self.layout.names(with_vectors),
             params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
         )
         return self._hits(request)
@@ -297,18 +304,19 @@ class EdgeStore(VectorStore):
     def records(self, keys, fields=None, vectors=None):
         if not keys:
             return {}
-        found = self.shard.retrieve(list(keys), with_payload=fields or True, with_vector=vectors or False)
+        found = self.shard.retrieve(list(keys), with_payload=fields or True,
+                                    with_vector=self.layout.names(vectors) or False)
         out = {}
         for record in found:
             payload = dict(record.payload or {})
-            out[record.id] = StoredProduct(payload.get("product_id"), payload, *vectors_of(record.vector))
+            out[record.id] = StoredProduct(payload.get("product_id"), payload, *vectors_of(record.vector, self.layout))
         return out
 
-    @staticmethod
-    def _nearest(q: VectorQuery):
+    def _nearest(self, q: VectorQuery):
+        using = self.layout.name(q.using)
         if q.terms is not None:
-            return qe.Query.Nearest(qe.SparseVector(indices=q.terms[0], values=q.terms[1]), using=q.using)
-        return qe.Query.Nearest(q.as_list(), using=q.using)
+            return qe.Query.Nearest(qe.SparseVector(indices=q.terms[0], values=q.terms[1]), using=using)
+        return qe.Query.Nearest(q.as_list(), using=using)
 
     def recommend(self, positives, negatives, filters, limit) -> list[Hit]:
         recommend = qe.RecommendQuery(
@@ -329,7 +337,7 @@ class EdgeStore(VectorStore):
         hits = []
         for point in self.shard.query(request):
             payload = dict(point.payload or {})
-            hits.append(Hit(payload["product_id"], float(point.score), payload, *vectors_of(point.vector)))
+            hits.append(Hit(payload["product_id"], float(point.score), payload, *vectors_of(point.vector, self.layout)))
         return hits
 
     def count(self, filters: SearchFilters = SearchFilters()) -> int:
@@ -345,7 +353,7 @@ class EdgeStore(VectorStore):
 
     def sample(self, size: int) -> list[StoredProduct]:
         request = qe.QueryRequest(limit=size, query=qe.Sample.Random, with_payload=["product_id"], with_vector=True)
-        return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector))
+        return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector, self.layout))
                 for p in self.shard.query(request)]
 
     def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
@@ -385,9 +393,6 @@ def _write_atomically(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
     os.replace(temporary, path)
 
-
-def _named(p: ProductPoint) -> dict:
-    return named_vectors(p, qe.SparseVector)
 
 
 def _filter(filters: SearchFilters) -> qe.Filter | None:

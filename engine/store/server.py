@@ -18,6 +18,7 @@ from engine.records import check_payload
 from engine.signals import SIGNALS
 from engine.store.base import (
     BM25_VECTOR,
+    CAPTION_VECTOR,
     FLOAT_FIELDS,
     GRAPH_FIELDS,
     IMAGE_VECTOR,
@@ -25,11 +26,11 @@ from engine.store.base import (
     LOOK_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
-    TEXT_VECTOR,
     Hit,
     ProductPoint,
     SearchFilters,
     StoredProduct,
+    VectorLayout,
     VectorQuery,
     VectorStore,
     check_model,
@@ -83,23 +84,27 @@ class ServerStore(VectorStore):
         if exists:
             metadata = self.client.get_collection(collection).config.metadata or {}
             check_model(metadata, info, f"the collection '{collection}' at {url}")
+            self.layout = VectorLayout.of_record(metadata)
         else:
             self._create(info)
 
     def _create(self, info: ModelInfo) -> None:
+        record = model_record(info)
+        self.layout = VectorLayout.of_record(record)
+        vectors = {
+            IMAGE_VECTOR: _dense(info.dim, IMAGE_VECTOR, multivector_config=_MAXSIM),
+            CAPTION_VECTOR: _dense(info.dim, CAPTION_VECTOR),
+            SENTENCE_VECTOR: _dense(SENTENCE_DIM, SENTENCE_VECTOR),
+            **({LOOK_VECTOR: _dense(info.look_dim, LOOK_VECTOR, multivector_config=_MAXSIM,
+                                    datatype=qm.Datatype.FLOAT16)} if info.look_dim else {}),
+        }
         self.client.create_collection(
             self.collection,
-            vectors_config={
-                IMAGE_VECTOR: _dense(info.dim, IMAGE_VECTOR, multivector_config=_MAXSIM),
-                TEXT_VECTOR: _dense(info.dim, TEXT_VECTOR),
-                SENTENCE_VECTOR: _dense(SENTENCE_DIM, SENTENCE_VECTOR),
-                **({LOOK_VECTOR: _dense(info.look_dim, LOOK_VECTOR, multivector_config=_MAXSIM,
-                                        datatype=qm.Datatype.FLOAT16)} if info.look_dim else {}),
-            },
+            vectors_config={self.layout.name(name): params for name, params in vectors.items()},
             sparse_vectors_config={BM25_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
-            metadata=model_record(info),
+            metadata=record,
         )
         # Payload-aware HNSW links only for GRAPH_FIELDS (engine.store.base says why).
         for name in KEYWORD_FIELDS:
@@ -115,7 +120,8 @@ class ServerStore(VectorStore):
         self.client.upsert(
             self.collection,
             points=[
-                qm.PointStruct(id=point_id(p.product_id), vector=_named(p), payload=stored_payload(p))
+                qm.PointStruct(id=point_id(p.product_id), vector=named_vectors(p, qm.SparseVector, self.layout),
+                               payload=stored_payload(p))
                 for p in points
             ],
             wait=True,
@@ -134,11 +140,11 @@ class ServerStore(VectorStore):
         if not product_ids:
             return {}
         records = self.client.retrieve(self.collection, [point_id(pid) for pid in product_ids],
-                                       with_payload=True, with_vectors=with_vectors)
+                                       with_payload=True, with_vectors=self.layout.names(with_vectors))
         out = {}
         for record in records:
             out[record.payload["product_id"]] = StoredProduct(record.payload["product_id"], record.payload,
-                                                              *vectors_of(record.vector))
+                                                              *vectors_of(record.vector, self.layout))
         return out
 
     def query(self, vector, using, filters, limit, with_vectors=False, breadth=1) -> list[Hit]:
@@ -146,16 +152,17 @@ class ServerStore(VectorStore):
         if using in (IMAGE_VECTOR, LOOK_VECTOR):
             query_vector = [query_vector]
         response = self.client.query_points(
-            self.collection, query=query_vector, using=using, query_filter=_filter(filters), limit=limit,
-            with_payload=True, with_vectors=with_vectors, search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
+            self.collection, query=query_vector, using=self.layout.name(using), query_filter=_filter(filters),
+            limit=limit, with_payload=True, with_vectors=self.layout.names(with_vectors), search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
         )
-        return _hits(response)
+        return _hits(response, self.layout)
 
     def search_many(self, queries, filters, limit):
         if not queries:
             return []
         condition = _filter(filters)
-        requests = [qm.QueryRequest(query=_nearest(q), using=q.using, filter=condition, limit=q.limit or limit,
+        requests = [qm.QueryRequest(query=_nearest(q), using=self.layout.name(q.using), filter=condition,
+                                    limit=q.limit or limit,
                                     with_payload=False, with_vector=False,
                                     params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth)))
                     for q in queries]
@@ -166,7 +173,8 @@ class ServerStore(VectorStore):
         if not keys or not queries:
             return [{} for _ in queries]
         condition = qm.Filter(must=[qm.HasIdCondition(has_id=list(keys))])
-        requests = [qm.QueryRequest(query=_nearest(q), using=q.using, filter=condition, limit=len(keys),
+        requests = [qm.QueryRequest(query=_nearest(q), using=self.layout.name(q.using), filter=condition,
+                                    limit=len(keys),
                                     with_payload=False, with_vector=False)
                     for q in queries]
         answers = self.client.query_batch_points(self.collection, requests=requests)
@@ -176,8 +184,9 @@ class ServerStore(VectorStore):
         if not keys:
             return {}
         found = self.client.retrieve(self.collection, list(keys), with_payload=fields or True,
-                                     with_vectors=vectors or False)
-        return {r.id: StoredProduct((r.payload or {}).get("product_id"), dict(r.payload or {}), *vectors_of(r.vector))
+                                     with_vectors=self.layout.names(vectors) or False)
+        return {r.id: StoredProduct((r.payload or {}).get("product_id"), dict(r.payload or {}),
+                                    *vectors_of(r.vector, self.layout))
                 for r in found}
 
     def recommend(self, positives, negatives, filters, limit) -> list[Hit]:
@@ -190,7 +199,7 @@ class ServerStore(VectorStore):
             )),
             using=IMAGE_VECTOR, query_filter=_filter(filters), limit=limit, with_payload=True,
         )
-        return _hits(response)
+        return _hits(response, self.layout)
 
     def extreme_price(self, filters, lowest) -> float | None:
         price_filter = _filter(filters)
@@ -226,7 +235,8 @@ class ServerStore(VectorStore):
     def sample(self, size: int) -> list[StoredProduct]:
         response = self.client.query_points(self.collection, query=qm.SampleQuery(sample=qm.Sample.RANDOM),
                                             limit=size, with_payload=["product_id"], with_vectors=True)
-        return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector)) for p in response.points]
+        return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector, self.layout))
+                for p in response.points]
 
     def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         wanted = ["product_id", *fields] if fields is not None else True
@@ -258,18 +268,15 @@ def _dense(size: int, name: str, **kw) -> qm.VectorParams:
     return qm.VectorParams(size=size, distance=qm.Distance.COSINE, hnsw_config=graph, **kw)
 
 
-def _hits(response) -> list[Hit]:
-    return [Hit(p.payload["product_id"], float(p.score), p.payload, *vectors_of(p.vector)) for p in response.points]
+def _hits(response, layout: VectorLayout) -> list[Hit]:
+    return [Hit(p.payload["product_id"], float(p.score), p.payload, *vectors_of(p.vector, layout))
+            for p in response.points]
 
 
 def _nearest(q: VectorQuery):
     if q.terms is not None:
         return qm.SparseVector(indices=q.terms[0], values=q.terms[1])
     return q.as_list()
-
-
-def _named(p: ProductPoint) -> dict:
-    return named_vectors(p, qm.SparseVector)
 
 
 def _filter(filters: SearchFilters) -> qm.Filter | None:

@@ -13,15 +13,15 @@ from PIL import Image
 
 from engine.images import load_image_file
 from engine.search import Searcher, SearchQuery
-from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters
-from engine.store.base import LOOK_VECTOR, SENTENCE_VECTOR
+from engine.store import IMAGE_VECTOR, SearchFilters
+from engine.store.base import CAPTION_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR
 from eval.bench.corpus import RealEmbeddings, SyntheticCatalog
 
 KINDS = ("text", "photo", "photo_text")
 MODES = ("unfiltered", "filtered")
 RECALL_K = 10
 LOOK_RECALL_QUERIES = 25  # appearance vectors are 1,280-d: their exact search is the slow one
-MATRIX = {IMAGE_VECTOR: "image", TEXT_VECTOR: "text", SENTENCE_VECTOR: "sentence", LOOK_VECTOR: "look"}
+MATRIX = {IMAGE_VECTOR: "image", CAPTION_VECTOR: "text", SENTENCE_VECTOR: "sentence", LOOK_VECTOR: "look"}
 
 
 @dataclass
