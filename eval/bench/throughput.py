@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from engine.encoder import load_encoder
+from engine.model_loading import load_encoder
 from engine.settings import Settings
 from engine.store import open_store
 from ingest.catalog import Catalog, read_catalog
