@@ -27,7 +27,7 @@ from engine.records import (
     STORE_MAX_DEPTH,
 )
 from engine.settings import IngestSettings, StoreSettings
-from engine.store import ProductPoint, SearchFilters, open_store
+from engine.store import CAPTION_VECTOR, ProductPoint, SearchFilters, open_store
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog
 from tests.conftest import FASHION, require
@@ -98,7 +98,7 @@ def test_a_deeply_nested_payload_is_refused_by_the_store_itself_which_stays_whol
     with open_store(settings, INFO) as store:
         assert store.count() == 2
         assert store.get(["good"])["good"].payload["title"] == "Good"
-        hits = store.query(unit(6), "text", SearchFilters(), 5)
+        hits = store.query(unit(6), CAPTION_VECTOR, SearchFilters(), 5)
         assert hits[0].product_id == "deep-ok"
         store.delete(["deep-ok", "good"])
     with open_store(settings, INFO) as store:
@@ -234,7 +234,7 @@ def test_every_accepted_edge_case_is_read_searched_and_deleted_after_a_restart(t
             extra = {k: v for k, v in record.items() if k not in ("id", "title", "image", "price", "category")}
             assert payload["fields"] == extra
         vector = encoder.encode_texts(["edge product 3"])[0]
-        assert len(store.query(vector, "text", SearchFilters(), len(records))) == len(records)
+        assert len(store.query(vector, CAPTION_VECTOR, SearchFilters(), len(records))) == len(records)
         assert store.count(SearchFilters(min_price=0)) == 1
         store.delete(ids)
     with open_store(settings, encoder.info) as store:
