@@ -7,6 +7,7 @@ from fastapi import Request
 from api.ids import id_segment
 from api.schemas import Product, SearchHit
 from engine.search import SearchResult
+from engine.stock import in_stock
 from engine.store import StoredProduct
 
 REMOTE_PREFIXES = ("http://", "https://")
@@ -24,12 +25,18 @@ def image_urls(request: Request, product_id: str, payload: dict) -> list[str]:
     return urls
 
 
-def to_hit(result: SearchResult, request: Request) -> SearchHit:
+def to_hit(result: SearchResult, request: Request, attributes=()) -> SearchHit:
     return SearchHit(
         id=result.product_id, title=result.title, price=result.price, category=result.category,
         images=image_urls(request, result.product_id, result.payload), score=result.score,
-        signals=result.signals, explanation=result.explanation,
+        signals=result.signals, explanation=result.explanation, in_stock=in_stock(result.payload),
+        attributes=attributes_of(result.payload, attributes),
     )
+
+
+def attributes_of(payload: dict, names) -> dict:
+    fields = payload.get("fields") or {}
+    return {name: fields[name] for name in names if fields.get(name) is not None}
 
 
 def to_product(stored: StoredProduct, request: Request) -> Product:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from engine.attributes import attribute_filters, facet_counts, payload_key
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
@@ -31,6 +32,8 @@ from engine.ranking import (
     squash,
 )
 from engine.settings import SearchSettings
+from engine.sorting import SORT_FIELDS, Sort, popularity_of, sorted_order
+from engine.stock import AVAILABILITY, STOCK, OutOfStock, in_stock
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters, VectorStore
 from engine.store.base import BM25_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, StoredProduct, VectorQuery
 from engine.timing import StageClock
@@ -40,9 +43,8 @@ from engine.timing import StageClock
 # candidate costs scoring and a payload read.
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 40
-POPULARITY_FIELDS = ("popularity", "sales", "rating")
-# The payload fields ranking reads (a free catalog column sits under "fields").
-RANKING_FIELDS = ["product_id", "category", "price", *POPULARITY_FIELDS, *(f"fields.{n}" for n in POPULARITY_FIELDS)]
+# The payload fields ranking and sorting read (a free catalog column sits under "fields").
+RANKING_FIELDS = ["product_id", "category", *SORT_FIELDS, payload_key(AVAILABILITY), payload_key(STOCK)]
 
 
 @dataclass
@@ -57,6 +59,13 @@ class SearchQuery:
     history: tuple[str, ...] = ()  # product ids the shopper viewed or bought
     # The photo already encoded (joint, look), e.g. when one photo is searched several ways.
     photo_vectors: tuple[np.ndarray, np.ndarray] | None = None
+    # Pages: ``offset`` given (0 for the first page) or a sort other than relevance makes the
+    # search rank the settings' stable ``depth`` of candidates and cut pages of ``k`` from it.
+    offset: int | None = None
+    sort: Sort | str = Sort.relevance
+    floor: float | None = None  # None: the settings' relevance_floor (sorted lists and facets)
+    facets: bool = False  # count the attributes of the products above the floor
+    out_of_stock: OutOfStock | str | None = None  # None: the settings' out_of_stock
 
 
 @dataclass
@@ -84,6 +93,9 @@ class SearchResponse:
     evidence: np.ndarray | None = None
     # The query's photo in the joint space, when it had one (the query log keeps it, not the photo).
     photo_vector: np.ndarray | None = None
+    total: int = 0  # products in the list the pages are cut from
+    offset: int = 0
+    facets: dict | None = None  # {"total", "categories", "attributes"} over the products above the floor
 
 
 # How much wider a search of photos is when the query has words (see photo_breadth).
@@ -96,6 +108,45 @@ def photo_breadth(has_words: bool) -> int:
     a million products a text's photo search found 0.78 of its exact top 10 at the default
     breadth, 0.93 at 4x (2.4 ms)."""
     return CROSS_MODAL_BREADTH if has_words else 1
+
+
+@dataclass
+class _Ranked:
+    """Every candidate of a query, best fused score first."""
+
+    keys: list  # point keys
+    fused: np.ndarray  # (candidates,) fused score, 0..1
+    matrix: np.ndarray  # (candidates, SIGNALS) evidence
+    records: dict  # point key -> StoredProduct with the ranking fields
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What one query ranks and which of it is listed."""
+
+    sort: Sort
+    floor: float  # a sorted list and the facets hold the ranked products at or above it
+    offset: int
+    candidates: int  # each signal's candidates
+    depth: int  # products ranked at most
+    out_of_stock: OutOfStock
+
+    def listed(self, fused: np.ndarray) -> list[int]:
+        """Positions of the ranking that make the list: the best ``depth``, and when sorted, only
+        those at or above the floor."""
+        floor = self.floor if self.sort is not Sort.relevance else -1.0
+        return [i for i in range(min(len(fused), self.depth)) if fused[i] >= floor]
+
+    def relevant(self, fused: np.ndarray) -> list[int]:
+        """Positions of the ranking at or above the floor: the set facets count."""
+        return [i for i in range(min(len(fused), self.depth)) if fused[i] >= self.floor]
+
+    def arranged(self, listed: list[int], payloads: list[dict]) -> list[int]:
+        """``listed`` in the page's order (sorted; out-of-stock last when demoted), from its offset."""
+        order = sorted_order(payloads, self.sort)
+        if self.out_of_stock is OutOfStock.demote:
+            order = [i for i in order if in_stock(payloads[i])] + [i for i in order if not in_stock(payloads[i])]
+        return [listed[i] for i in order][self.offset:]
 
 
 @dataclass
@@ -122,6 +173,7 @@ class Searcher:
         self.weights = RankerWeights(**settings.weights)
         self._background: tuple[int, dict[str, np.ndarray]] | None = None
         self._categories: tuple[int, list[str], np.ndarray] | None = None
+        self._attributes: tuple[int, dict[str, str]] | None = None
         self._lock = threading.Lock()
 
     # --- public -----------------------------------------------------------------------------
@@ -164,13 +216,20 @@ class Searcher:
             price_target=query.price_target,
             has_photo=photo is not None,
         )
-        limit = max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
-        keys, scores = self._candidates(prepared, weights, query.filters, limit, clock)
+        page = self._page(query)
+        filters = query.filters.but(in_stock=True) if page.out_of_stock is OutOfStock.hide else query.filters
+        keys, scores = self._candidates(prepared, weights, filters, page.candidates, clock)
         with clock.stage("rank"):
             category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
-            results, evidence = self._rank(keys, scores, prepared, weights, category_probs, query.k)
-        nothing_close = not results or max(r.score for r in results) < self.settings.nothing_close
-        return SearchResponse(results, nothing_close, predicted, clock.seconds, evidence, query_photo)
+            ranked = self._rank(keys, scores, prepared, weights, category_probs)
+            listed = page.listed(ranked.fused)
+            shown = page.arranged(listed, [ranked.records[ranked.keys[i]].payload for i in listed])[:query.k]
+            results, evidence = self._results(ranked, shown, weights)
+            facets = self._query_facets(ranked, page) if query.facets else None
+        best = float(ranked.fused[0]) if len(ranked.fused) else 0.0
+        return SearchResponse(results, best < self.settings.nothing_close, predicted, seconds=clock.seconds,
+                              evidence=evidence, photo_vector=query_photo, total=len(listed), offset=page.offset,
+                              facets=facets)
 
     def similar(self, product_id: str, k: int = 12, filters: SearchFilters = SearchFilters(),
                 negative_ids: tuple[str, ...] = ()) -> list[SearchResult]:
@@ -184,14 +243,32 @@ class Searcher:
             raise ProductNotFound(f"no product with id '{missing[0]}' (given as a negative example)")
         positive = _mean_direction(stored[product_id].image_vectors)
         negatives = [_mean_direction(stored[pid].image_vectors) for pid in negative_ids]
-        filters = SearchFilters(filters.categories, filters.min_price, filters.max_price,
-                                (*filters.exclude_ids, product_id, *negative_ids))
+        filters = filters.but(exclude_ids=(*filters.exclude_ids, product_id, *negative_ids))
         hits = self.store.recommend([positive], negatives, filters, k)
         return [to_result(hit.product_id, hit.payload, hit.score, {"image": hit.score}, {"image": 1.0}) for hit in hits]
 
+    def attributes(self) -> dict[str, str]:
+        """The store's attributes (name -> 'keyword' or 'number'), read again when its size changes."""
+        count = self.store.count()
+        with self._lock:
+            if self._attributes is None or self._attributes[0] != count:
+                self._attributes = (count, self.store.attribute_indexes())
+            return self._attributes[1]
+
+    def attribute_filters(self, filters: SearchFilters, given: dict | None) -> SearchFilters:
+        """``filters`` and a request's attribute filters (``{"brand": ["A"], "rating": {"min": 4}}``)."""
+        if not given:
+            return filters
+        keywords, ranges = attribute_filters(given, self.attributes())
+        return filters.but(attributes=(*filters.attributes, *keywords), ranges=(*filters.ranges, *ranges))
+
     def facets(self, filters: SearchFilters = SearchFilters(), price_buckets: int = 8) -> dict:
-        """Counts per category and a price histogram under ``filters``."""
+        """Catalog-wide counts under ``filters``: per category, per keyword attribute's value, and a
+        price histogram."""
         categories = self.store.facet("category", filters, limit=500)
+        attributes = {name: self.store.facet(payload_key(name), filters, limit=500)
+                      for name, kind in self.attributes().items() if kind == "keyword"}
+        attributes = {name: counts for name, counts in attributes.items() if counts}  # none in this catalog
         total = self.store.count(filters)
         histogram = []
         if total:
@@ -200,12 +277,19 @@ class Searcher:
                 edges = np.linspace(low, high, price_buckets + 1) if high > low else np.array([low, high])
                 for i in range(len(edges) - 1):
                     upper = float(edges[i + 1])
-                    bucket = SearchFilters(filters.categories, float(edges[i]), upper)
-                    count = self.store.count(bucket)
+                    count = self.store.count(filters.but(min_price=float(edges[i]), max_price=upper))
                     if i > 0:  # bucket bounds are inclusive: do not count an edge price twice
-                        count -= self.store.count(SearchFilters(filters.categories, float(edges[i]), float(edges[i])))
+                        count -= self.store.count(filters.but(min_price=float(edges[i]), max_price=float(edges[i])))
                     histogram.append({"min": round(float(edges[i]), 2), "max": round(upper, 2), "count": count})
-        return {"total": total, "categories": categories, "price_histogram": histogram}
+        return {"total": total, "categories": categories, "attributes": attributes, "price_histogram": histogram}
+
+    def _query_facets(self, ranked: _Ranked, page: _Page) -> dict:
+        """The facets of a query: counts over its ranked products at or above the floor."""
+        payloads = [ranked.records[ranked.keys[i]].payload for i in page.relevant(ranked.fused)]
+        keywords = [name for name, kind in self.attributes().items() if kind == "keyword"]
+        categories = facet_counts([{"fields": {"category": p.get("category")}} for p in payloads], ["category"])
+        return {"total": len(payloads), "categories": categories["category"],
+                "attributes": facet_counts(payloads, keywords)}
 
     # --- internals --------------------------------------------------------------------------
     def _check_k(self, k: int) -> None:
@@ -250,29 +334,50 @@ class Searcher:
             scored = self.store.score(keys, list(signals.values()))
         return keys, dict(zip(signals, scored))
 
+    def _page(self, query: SearchQuery) -> _Page:
+        """How deep this query ranks and what it keeps; raises InvalidQuery for a page out of range."""
+        sort = Sort.parse(query.sort)
+        floor = self.settings.relevance_floor if query.floor is None else query.floor
+        if not 0.0 <= floor <= 1.0:
+            raise InvalidQuery(f"floor must be between 0 and 1, got {floor}")
+        out_of_stock = OutOfStock.parse(query.out_of_stock or self.settings.out_of_stock)
+        if query.offset is None and sort is Sort.relevance and not query.facets:
+            # One list of k, not a page of a longer one: only what its top k needs is gathered.
+            return _Page(sort, floor, 0, max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES), query.k, out_of_stock)
+        depth, offset = self.settings.depth, query.offset or 0
+        if not 0 <= offset < depth:
+            raise InvalidQuery(f"offset {offset} is past the {depth} products a query ranks "
+                               "(SNAPSHOP_SEARCH__DEPTH)")
+        return _Page(sort, floor, offset, depth, depth, out_of_stock)
+
     def _rank(self, keys: list, scores: dict[str, dict], q: _Query, weights: RankerWeights,
-              category_probs: dict, k: int) -> tuple[list[SearchResult], np.ndarray]:
-        """The ``k`` best candidates by fused score, each explained, and their evidence rows."""
-        # Only what ranking reads is fetched for every candidate; the winners' whole payload after.
-        records = self.store.records(keys, RANKING_FIELDS, [IMAGE_VECTOR] if q.personal is not None else None)
+              category_probs: dict) -> _Ranked:
+        """Every candidate by fused score, best first, with the payload fields ranking and sorting read."""
+        fields = RANKING_FIELDS + [payload_key(name) for name in self.attributes()]
+        records = self.store.records(keys, fields, [IMAGE_VECTOR] if q.personal is not None else None)
         keys = [key for key in keys if key in records]  # a product deleted meanwhile is left out
         if not keys:
-            return [], np.zeros((0, len(SIGNALS)))
+            return _Ranked([], np.zeros(0), np.zeros((0, len(SIGNALS))), {})
         matrix = self._evidence(keys, records, scores, q, category_probs)
-        order = np.argsort(-fused_scores(matrix, weights), kind="stable")[:k]
-        payloads = self.store.records([keys[i] for i in order])
+        fused = fused_scores(matrix, weights)
+        order = np.argsort(-fused, kind="stable")
+        return _Ranked([keys[i] for i in order], fused[order], matrix[order], records)
+
+    def _results(self, ranked: _Ranked, positions: list[int],
+                 weights: RankerWeights) -> tuple[list[SearchResult], np.ndarray]:
+        """The products at ``positions`` of the ranking, in that order, each explained, and their
+        evidence rows (results x SIGNALS)."""
+        payloads = self.store.records([ranked.keys[i] for i in positions])
         results, rows = [], []
-        for i in order:
-            if keys[i] in payloads:
+        for i in positions:
+            if ranked.keys[i] in payloads:
                 rows.append(i)
-                stored = payloads[keys[i]]
-                evidence = {name: float(value) for name, value in zip(SIGNALS, matrix[i]) if not np.isnan(value)}
+                stored = payloads[ranked.keys[i]]
+                evidence = {name: float(value) for name, value in zip(SIGNALS, ranked.matrix[i]) if not np.isnan(value)}
                 score, shares = fuse(evidence, weights)
                 signals = {name: squash(value) for name, value in evidence.items()}
                 results.append(to_result(stored.product_id, stored.payload, score, signals, shares))
-        # The same order, unless two scores tie (rounded): each evidence row stays with its result.
-        order = sorted(range(len(results)), key=lambda j: results[j].score, reverse=True)
-        return [results[j] for j in order], matrix[[rows[j] for j in order]]
+        return results, ranked.matrix[rows] if rows else np.zeros((0, len(SIGNALS)))
 
     def _signal_queries(self, q: _Query, weights: RankerWeights) -> dict[str, VectorQuery]:
         """The Qdrant query of every signal that applies to this query, by signal name."""
@@ -307,7 +412,7 @@ class Searcher:
             matrix[:, column["category"]] = [bounded(category_probs.get(p.get("category"), 0.0)) for p in payloads]
         if q.price_target is not None:
             matrix[:, column["price"]] = [bounded(price_closeness(p.get("price"), q.price_target)) for p in payloads]
-        popularity = [_popularity(p) for p in payloads]
+        popularity = [popularity_of(p) for p in payloads]
         matrix[:, column["popularity"]] = [bounded(v) if v is not None else np.nan for v in popularity]
         if q.personal is not None:
             background = backgrounds["personal"]
@@ -398,19 +503,6 @@ def _mean_direction(vectors: np.ndarray, weights_given: bool = False) -> np.ndar
     mean = vectors.sum(axis=0) if weights_given else vectors.mean(axis=0)
     norm = float(np.linalg.norm(mean))
     return (mean / norm).astype(np.float32) if norm > 0 else vectors[0].astype(np.float32)
-
-
-def _popularity(payload: dict) -> float | None:
-    fields = payload.get("fields") or {}
-    for name in POPULARITY_FIELDS:
-        value = fields.get(name, payload.get(name))
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number) and number >= 0:
-            return number / (number + 10.0) if name != "rating" else min(number / 5.0, 1.0)
-    return None
 
 
 def to_result(product_id: str, payload: dict, score: float, signals: dict[str, float],

@@ -138,6 +138,10 @@ def search(
     weight: Annotated[Optional[list[str]], typer.Option(
         help="Ranker weight override NAME=VALUE (image, caption, text, bm25, category, price, popularity, "
              "personal); repeatable.")] = None,
+    sort: Annotated[str, typer.Option(help="relevance, price_asc, price_desc, newest or popularity (sorted: the "
+                                            "products above the relevance floor).")] = "relevance",
+    offset: Annotated[Optional[int], typer.Option(help="Skip this many products (pages of --k).")] = None,
+    floor: Annotated[Optional[float], typer.Option(help="Relevance floor of a sorted list (0..1).")] = None,
     explain: Annotated[bool, typer.Option(help="Show each signal's share of the score.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     store: StoreOpt = None,
@@ -160,11 +164,13 @@ def search(
             if vector_store.count() == 0:
                 fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
             response = Searcher(encoder, vector_store, settings.search).search(
-                SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights))
+                SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights,
+                            sort=sort, offset=offset, floor=floor))
     except SnapshopError as e:
         fail(str(e))
     if as_json:
-        typer.echo(json.dumps({"nothing_close": response.nothing_close,
+        typer.echo(json.dumps({"nothing_close": response.nothing_close, "total": response.total,
+                               "offset": response.offset,
                                "data": [{k_: v for k_, v in r.__dict__.items() if k_ != "payload"}
                                         for r in response.results]}, indent=2))
         return

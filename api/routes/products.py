@@ -34,6 +34,7 @@ from api.schemas import (
 )
 from api.views import to_hit, to_product
 from engine.errors import ProductNotFound
+from engine.stock import AVAILABILITY, STOCK
 from engine.store import StoredProduct
 from ingest.catalog import Catalog, catalog_from_records
 from ingest.pipeline import IngestSummary, ingest_catalog
@@ -61,7 +62,7 @@ async def similar_products(
 ) -> SimilarResults:
     results = await runtime.run(runtime.searcher.similar, product_id, params.k, params.filters(),
                                 tuple(params.negative))
-    hits = [to_hit(result, request) for result in results]
+    hits = [to_hit(result, request, runtime.searcher.attributes()) for result in results]
     return SimilarResults(data=hits, count=len(hits))
 
 
@@ -103,7 +104,7 @@ def _upsert_summary(summary: IngestSummary, catalog: Catalog) -> UpsertSummary:
     )
 
 
-@router.patch("/{product_id}", summary="Change price, category or stock without re-embedding",
+@router.patch("/{product_id}", summary="Change price, category, stock or availability without re-embedding",
               dependencies=[RequireApiKey], responses=error_responses(401, 403, 404, 422))
 async def update_product(product_id: ProductIdPath, patch: ProductPatch, request: Request, runtime: RuntimeDep) -> Product:
     async with runtime.write_lock:  # read-modify-write of the payload: no other write in between
@@ -116,10 +117,9 @@ async def update_product(product_id: ProductIdPath, patch: ProductPatch, request
 def _patched_payload(payload: dict, patch: ProductPatch) -> dict:
     changes = patch.model_dump(exclude_unset=True)
     values: dict = {key: changes[key] for key in ("price", "category") if key in changes}
-    if "stock" in changes:
-        fields = dict(payload.get("fields") or {})
-        fields["stock"] = changes["stock"]
-        values["fields"] = fields
+    stock = {key: changes[key] for key in (STOCK, AVAILABILITY) if key in changes}
+    if stock:
+        values["fields"] = {**(payload.get("fields") or {}), **stock}
     # The catalog stays the source of truth: the next ingest of it rewrites this payload.
     values["meta_hash"] = "patched"
     return values

@@ -12,12 +12,15 @@ from api.analytics import log_search
 from api.deps import FiltersQuery, RuntimeDep
 from api.runtime import Runtime
 from api.schemas import (
+    AttributeFacet,
     CategoryCount,
     Facets,
     PriceBucket,
+    QueryFacets,
     SearchDefaults,
     SearchForm,
     SearchResults,
+    ValueCount,
     error_responses,
 )
 from api.uploads import decode_photo, read_photo
@@ -34,23 +37,47 @@ PhotoFile = Annotated[UploadFile | None, File(description="The shopper's photo (
              responses=error_responses(413, 415, 422))
 async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchForm, Form()],
                  photo: PhotoFile = None) -> SearchResults:
-    filters = SearchFilters(tuple(form.category), form.min_price, form.max_price)
+    filters = runtime.searcher.attribute_filters(SearchFilters(tuple(form.category), form.min_price, form.max_price),
+                                                 form.attributes)
     decode_started = time.perf_counter()
     image, photo_bytes = await _decoded_photo(photo, runtime)
     decode_seconds = time.perf_counter() - decode_started
     query = SearchQuery(
         text=form.text, image=image, filters=filters, k=form.k or runtime.settings.search.default_k,
         photo_text_mix=form.photo_text_mix, weights=form.weights, price_target=form.price_target,
-        history=tuple(form.history),
+        history=tuple(form.history), offset=form.offset, sort=form.sort, floor=form.floor, facets=form.facets,
+        out_of_stock=form.out_of_stock,
     )
     response = await runtime.run(runtime.searcher.search, query)
     seconds = {"decode": decode_seconds, **response.seconds} if image is not None else response.seconds
     kind = query_kind(form.text, image)
     request.app.state.metrics.observe_search(kind, seconds, response.nothing_close)
     query_id = await log_search(runtime, form, kind, photo_bytes, response, seconds) if runtime.query_log else None
-    hits = [to_hit(result, request) for result in response.results]
+    names = runtime.searcher.attributes()
+    hits = [to_hit(result, request, names) for result in response.results]
+    end = response.offset + len(hits)
     return SearchResults(data=hits, count=len(hits), nothing_close=response.nothing_close,
-                         predicted_category=response.predicted_category, query_id=query_id)
+                         predicted_category=response.predicted_category, query_id=query_id, total=response.total,
+                         offset=response.offset, next_offset=end if end < response.total else None,
+                         facets=_query_facets(response.facets) if response.facets is not None else None)
+
+
+def _query_facets(counts: dict) -> QueryFacets:
+    return QueryFacets(total=counts["total"], categories=_category_counts(counts["categories"]),
+                       attributes=_attribute_facets(counts["attributes"]))
+
+
+def _category_counts(counts: dict[str, int]) -> list[CategoryCount]:
+    return [CategoryCount(name=name, count=count) for name, count in _most_first(counts)]
+
+
+def _attribute_facets(counts: dict[str, dict[str, int]]) -> list[AttributeFacet]:
+    return [AttributeFacet(name=name, values=[ValueCount(value=v, count=c) for v, c in _most_first(values)])
+            for name, values in sorted(counts.items())]
+
+
+def _most_first(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def query_kind(text: str | None, image: Image.Image | None) -> str:
@@ -75,17 +102,19 @@ async def search_defaults(runtime: RuntimeDep) -> SearchDefaults:
     return SearchDefaults(
         weights=runtime.searcher.weights.model_dump(), photo_text_mix=settings.search.photo_text_mix,
         default_k=settings.search.default_k, max_k=settings.search.max_k,
-        max_upload_bytes=settings.api.max_upload_bytes,
+        max_upload_bytes=settings.api.max_upload_bytes, relevance_floor=settings.search.relevance_floor,
+        depth=settings.search.depth,
     )
 
 
-@router.get("/facets", summary="Product counts per category and a price histogram",
+@router.get("/facets", summary="Catalog-wide counts per category and attribute value, and a price histogram",
             responses=error_responses(422))
 async def facets(runtime: RuntimeDep, params: FiltersQuery) -> Facets:
-    counts = await runtime.run(runtime.searcher.facets, params.filters())
-    categories = sorted(counts["categories"].items(), key=lambda item: (-item[1], item[0]))
+    filters = runtime.searcher.attribute_filters(params.filters(), params.attributes)
+    counts = await runtime.run(runtime.searcher.facets, filters)
+    numbers = [name for name, kind in runtime.searcher.attributes().items() if kind == "number"]
     return Facets(
-        total=counts["total"],
-        categories=[CategoryCount(name=name, count=count) for name, count in categories],
+        total=counts["total"], categories=_category_counts(counts["categories"]),
+        attributes=_attribute_facets(counts["attributes"]), numbers=sorted(numbers),
         price_histogram=[PriceBucket(**bucket) for bucket in counts["price_histogram"]],
     )

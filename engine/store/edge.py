@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
+from engine.attributes import PAYLOAD_PREFIX, payload_key
 from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
 from engine.records import check_payload
+from engine.stock import AVAILABILITY, OUT_OF_STOCK_VALUES, STOCK
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
@@ -58,6 +60,7 @@ from engine.store.base import (
 )
 
 BOOKKEEPING = ["product_id", "content_hash", "meta_hash"]
+_INDEX_KINDS = {"Keyword": "keyword", "Float": "number", "Integer": "number"}
 
 
 def _graph(m: int = 16) -> qe.HnswIndexConfig:
@@ -336,6 +339,22 @@ class EdgeStore(VectorStore):
         # asks for it (the ranker's caches are keyed by it).
         return self.shard.count(qe.CountRequest(filter=_filter(filters), exact=not filters.empty))
 
+    def attribute_indexes(self) -> dict[str, str]:
+        kinds = {}
+        for key, index in (self.shard.info().payload_schema or {}).items():
+            if key.startswith(PAYLOAD_PREFIX):
+                kind = _INDEX_KINDS.get(str(index.data_type).rsplit(".", 1)[-1])
+                if kind:
+                    kinds[key.removeprefix(PAYLOAD_PREFIX)] = kind
+        return kinds
+
+    def index_attributes(self, kinds: dict[str, str]) -> None:
+        missing = {name: kind for name, kind in kinds.items() if name not in self.attribute_indexes()}
+        with self._write_lock:
+            for name, kind in missing.items():
+                params = qe.KeywordIndexParams() if kind == "keyword" else qe.FloatIndexParams()
+                self.shard.update(qe.UpdateOperation.create_field_index(payload_key(name), params))
+
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
         response = self.shard.facet(qe.FacetRequest(key=key, limit=limit, exact=True, filter=_filter(filters)))
         return {str(hit.value): hit.count for hit in response.hits}
@@ -396,4 +415,11 @@ def _filter(filters: SearchFilters) -> qe.Filter | None:
         must.append(qe.FieldCondition(key="price", range=qe.RangeFloat(gte=filters.min_price, lte=filters.max_price)))
     if filters.exclude_ids:
         must_not.append(qe.HasIdCondition({point_id(pid) for pid in filters.exclude_ids}))
+    for name, values in filters.attributes:
+        must.append(qe.FieldCondition(key=payload_key(name), match=qe.MatchAny(list(values))))
+    for name, low, high in filters.ranges:
+        must.append(qe.FieldCondition(key=payload_key(name), range=qe.RangeFloat(gte=low, lte=high)))
+    if filters.in_stock:
+        must_not.append(qe.FieldCondition(key=payload_key(AVAILABILITY), match=qe.MatchAny(list(OUT_OF_STOCK_VALUES))))
+        must_not.append(qe.FieldCondition(key=payload_key(STOCK), range=qe.RangeFloat(lte=0)))
     return qe.Filter(must=must or None, must_not=must_not or None)

@@ -12,9 +12,11 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from engine.attributes import PAYLOAD_PREFIX, payload_key
 from engine.encoder import ModelInfo
 from engine.errors import StoreError, StoreUnavailable
 from engine.records import check_payload
+from engine.stock import AVAILABILITY, OUT_OF_STOCK_VALUES, STOCK
 from engine.store.base import (
     BM25_VECTOR,
     FLOAT_FIELDS,
@@ -191,6 +193,20 @@ class ServerStore(VectorStore):
     def count(self, filters: SearchFilters = SearchFilters()) -> int:
         return self.client.count(self.collection, count_filter=_filter(filters), exact=True).count
 
+    def attribute_indexes(self) -> dict[str, str]:
+        schema = self.client.get_collection(self.collection).payload_schema or {}
+        kinds = {"keyword": "keyword", "float": "number", "integer": "number"}
+        return {key.removeprefix(PAYLOAD_PREFIX): kinds[str(info.data_type.value)]
+                for key, info in schema.items()
+                if key.startswith(PAYLOAD_PREFIX) and str(info.data_type.value) in kinds}
+
+    def index_attributes(self, kinds: dict[str, str]) -> None:
+        known = self.attribute_indexes()
+        for name, kind in kinds.items():
+            if name not in known:
+                schema = qm.PayloadSchemaType.KEYWORD if kind == "keyword" else qm.PayloadSchemaType.FLOAT
+                self.client.create_payload_index(self.collection, payload_key(name), schema)
+
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
         try:
             response = self.client.facet(self.collection, key=key, facet_filter=_filter(filters), limit=limit, exact=True)
@@ -202,9 +218,11 @@ class ServerStore(VectorStore):
                 records, offset = self.client.scroll(self.collection, scroll_filter=_filter(filters), limit=1000,
                                                      offset=offset, with_payload=[key])
                 for record in records:
-                    value = record.payload.get(key)
-                    if value is not None:
-                        counts[str(value)] = counts.get(str(value), 0) + 1
+                    value = record.payload
+                    for part in key.split("."):  # a dotted key names a nested field
+                        value = value.get(part) if isinstance(value, dict) else None
+                    for item in set(value) if isinstance(value, list) else ([value] if value is not None else []):
+                        counts[str(item)] = counts.get(str(item), 0) + 1
                 if offset is None:
                     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
 
@@ -266,4 +284,11 @@ def _filter(filters: SearchFilters) -> qm.Filter | None:
         must.append(qm.FieldCondition(key="price", range=qm.Range(gte=filters.min_price, lte=filters.max_price)))
     if filters.exclude_ids:
         must_not.append(qm.HasIdCondition(has_id=[point_id(pid) for pid in filters.exclude_ids]))
+    for name, values in filters.attributes:
+        must.append(qm.FieldCondition(key=payload_key(name), match=qm.MatchAny(any=list(values))))
+    for name, low, high in filters.ranges:
+        must.append(qm.FieldCondition(key=payload_key(name), range=qm.Range(gte=low, lte=high)))
+    if filters.in_stock:
+        must_not.append(qm.FieldCondition(key=payload_key(AVAILABILITY), match=qm.MatchAny(any=list(OUT_OF_STOCK_VALUES))))
+        must_not.append(qm.FieldCondition(key=payload_key(STOCK), range=qm.Range(lte=0)))
     return qm.Filter(must=must or None, must_not=must_not or None)
