@@ -352,7 +352,9 @@ class EdgeStore(VectorStore):
         missing = {name: kind for name, kind in kinds.items() if name not in self.attribute_indexes()}
         with self._write_lock:
             for name, kind in missing.items():
-                params = qe.KeywordIndexParams() if kind == "keyword" else qe.FloatIndexParams()
+                # No HNSW links per value (GRAPH_FIELDS says why): a filter walks the main graph.
+                params = (qe.KeywordIndexParams(enable_hnsw=False) if kind == "keyword"
+                          else qe.FloatIndexParams(enable_hnsw=False))
                 self.shard.update(qe.UpdateOperation.create_field_index(payload_key(name), params))
 
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:

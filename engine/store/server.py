@@ -204,7 +204,9 @@ class ServerStore(VectorStore):
         known = self.attribute_indexes()
         for name, kind in kinds.items():
             if name not in known:
-                schema = qm.PayloadSchemaType.KEYWORD if kind == "keyword" else qm.PayloadSchemaType.FLOAT
+                # No HNSW links per value (GRAPH_FIELDS says why): a filter walks the main graph.
+                schema = (qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, enable_hnsw=False) if kind == "keyword"
+                          else qm.FloatIndexParams(type=qm.FloatIndexType.FLOAT, enable_hnsw=False))
                 self.client.create_payload_index(self.collection, payload_key(name), schema)
 
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
