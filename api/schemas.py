@@ -32,6 +32,7 @@ from engine.records import (
     check_stock,
     check_text,
 )
+from engine.rules import Merchandising
 from engine.sorting import Sort
 from engine.store import SearchFilters
 
@@ -86,6 +87,14 @@ class SearchForm(BaseModel):
     out_of_stock: Literal["hide", "demote", "show"] | None = Field(
         None, description="Products out of stock: hidden, demoted after those in stock, or shown as ranked; "
                           "unset: the settings' out_of_stock.")
+    ungrouped: bool = Field(False, description="Every variant as a result of its own, instead of one result per "
+                                               "family (item_group_id / parent_id) with its variants listed.")
+    image_url: str | None = Field(
+        None, max_length=2000, description="Search by the photo at this http(s) URL instead of an upload "
+                                           "(fetched through the same address guard and limits as catalog photos).")
+    merchandising: Json[Merchandising] | None = Field(
+        None, description="Rules and synonyms to preview instead of the stored ones (GET /merchandising's "
+                          "document as JSON); nothing is saved.")
 
 
 class FilterParams(BaseModel):
@@ -131,6 +140,14 @@ class QueryFacets(BaseModel):
     attributes: list[AttributeFacet]
 
 
+class Variant(BaseModel):
+    id: str
+    label: str = Field(description="What tells it from its family's others: colour, size...")
+    image: str | None = Field(description="Its first photo's URL.")
+    price: float | None
+    in_stock: bool
+
+
 class SearchHit(BaseModel):
     id: str
     title: str
@@ -142,6 +159,9 @@ class SearchHit(BaseModel):
     explanation: dict[str, float] = Field(description="Each signal's share of the score.")
     in_stock: bool = Field(True, description="False when the catalog or a PATCH says it is out of stock.")
     attributes: dict[str, JsonValue] = Field({}, description="The product's filterable attributes.")
+    rules: list[str] = Field([], description="The merchandising rules that moved this product, described.")
+    variants: list[Variant] = Field([], description="Its family's variants (same item_group_id or parent_id), "
+                                    "itself included, for swatches; empty for a product on its own.")
 
 
 class SearchResults(BaseModel):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import Request
 
 from api.ids import id_segment
-from api.schemas import Product, SearchHit
+from api.schemas import Product, SearchHit, Variant
 from engine.search import SearchResult
 from engine.stock import in_stock
 from engine.store import StoredProduct
+from engine.variants import variant_label
 
 REMOTE_PREFIXES = ("http://", "https://")
 
@@ -31,7 +32,14 @@ def to_hit(result: SearchResult, request: Request, attributes=()) -> SearchHit:
         images=image_urls(request, result.product_id, result.payload), score=result.score,
         signals=result.signals, explanation=result.explanation, in_stock=in_stock(result.payload),
         attributes=attributes_of(result.payload, attributes),
+        rules=result.rules, variants=[to_variant(v["product_id"], v["payload"], request) for v in result.variants],
     )
+
+
+def to_variant(product_id: str, payload: dict, request: Request) -> Variant:
+    images = image_urls(request, product_id, payload)
+    return Variant(id=product_id, label=variant_label(payload) or payload.get("title", ""),
+                   image=images[0] if images else None, price=payload.get("price"), in_stock=in_stock(payload))
 
 
 def attributes_of(payload: dict, names) -> dict:

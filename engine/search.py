@@ -31,9 +31,11 @@ from engine.ranking import (
     softmax,
     squash,
 )
+from engine.rules import Merchandising, Rule, adjust, expand, pin, rule_fields
 from engine.settings import SearchSettings
 from engine.sorting import SORT_FIELDS, Sort, popularity_of, sorted_order
 from engine.stock import AVAILABILITY, STOCK, OutOfStock, in_stock
+from engine.variants import FAMILY_PAYLOAD_FIELDS, MAX_VARIANTS, family_of, one_per_family
 from engine.store import IMAGE_VECTOR, TEXT_VECTOR, SearchFilters, VectorStore
 from engine.store.base import BM25_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, StoredProduct, VectorQuery
 from engine.timing import StageClock
@@ -44,7 +46,8 @@ from engine.timing import StageClock
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 40
 # The payload fields ranking and sorting read (a free catalog column sits under "fields").
-RANKING_FIELDS = ["product_id", "category", *SORT_FIELDS, payload_key(AVAILABILITY), payload_key(STOCK)]
+RANKING_FIELDS = ["product_id", "category", *SORT_FIELDS, payload_key(AVAILABILITY), payload_key(STOCK),
+                  *FAMILY_PAYLOAD_FIELDS]
 
 
 @dataclass
@@ -66,6 +69,8 @@ class SearchQuery:
     floor: float | None = None  # None: the settings' relevance_floor (sorted lists and facets)
     facets: bool = False  # count the attributes of the products above the floor
     out_of_stock: OutOfStock | str | None = None  # None: the settings' out_of_stock
+    ungrouped: bool = False  # every variant on its own, not one result per family (engine.variants)
+    merchandising: Merchandising | None = None  # rules to preview instead of the stored ones
 
 
 @dataclass
@@ -79,6 +84,8 @@ class SearchResult:
     payload: dict
     signals: dict[str, float]  # calibrated value of each signal, 0..1
     explanation: dict[str, float] = field(default_factory=dict)  # each signal's share of the score
+    variants: list[dict] = field(default_factory=list)  # its family's products ({product_id, payload}), grouped
+    rules: list[str] = field(default_factory=list)  # the merchandising rules that moved it, described
 
 
 @dataclass
@@ -118,6 +125,10 @@ class _Ranked:
     fused: np.ndarray  # (candidates,) fused score, 0..1
     matrix: np.ndarray  # (candidates, SIGNALS) evidence
     records: dict  # point key -> StoredProduct with the ranking fields
+    notes: dict = field(default_factory=dict)  # point key -> the rules that moved it, described
+
+    def payloads(self, positions: list[int]) -> list[dict]:
+        return [self.records[self.keys[i]].payload for i in positions]
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,8 @@ class _Page:
     candidates: int  # each signal's candidates
     depth: int  # products ranked at most
     out_of_stock: OutOfStock
+    grouped: bool  # one result per variant family
+    paged: bool  # a page of the depth's list, not the fast list of k
 
     def listed(self, fused: np.ndarray) -> list[int]:
         """Positions of the ranking that make the list: the best ``depth``, and when sorted, only
@@ -142,11 +155,11 @@ class _Page:
         return [i for i in range(min(len(fused), self.depth)) if fused[i] >= self.floor]
 
     def arranged(self, listed: list[int], payloads: list[dict]) -> list[int]:
-        """``listed`` in the page's order (sorted; out-of-stock last when demoted), from its offset."""
+        """``listed`` in the page's order (sorted; out-of-stock last when demoted)."""
         order = sorted_order(payloads, self.sort)
         if self.out_of_stock is OutOfStock.demote:
             order = [i for i in order if in_stock(payloads[i])] + [i for i in order if not in_stock(payloads[i])]
-        return [listed[i] for i in order][self.offset:]
+        return [listed[i] for i in order]
 
 
 @dataclass
@@ -175,8 +188,14 @@ class Searcher:
         self._categories: tuple[int, list[str], np.ndarray] | None = None
         self._attributes: tuple[int, dict[str, str]] | None = None
         self._lock = threading.Lock()
+        self.merchandising = Merchandising.model_validate(store.read_rules() or {})
 
     # --- public -----------------------------------------------------------------------------
+    def set_merchandising(self, merchandising: Merchandising) -> None:
+        """Keep new rules and synonyms with the products, and search with them from now on."""
+        self.store.write_rules(merchandising.model_dump(mode="json"))
+        self.merchandising = merchandising
+
     def search(self, query: SearchQuery) -> SearchResponse:
         text = (query.text or "").strip() or None
         if text is None and query.image is None and query.photo_vectors is None:
@@ -189,10 +208,14 @@ class Searcher:
         if query.price_target is not None and not (math.isfinite(query.price_target) and query.price_target > 0):
             raise InvalidQuery(f"price_target must be a positive number, got {query.price_target}")
 
+        merchandising = query.merchandising or self.merchandising
+        # Synonyms widen the words matched against titles (keywords and sentences), not the
+        # joint-space query: "sneakers trainers" as one picture would be neither.
+        words = expand(text, merchandising.synonyms) if text else None
         clock = StageClock()
         with clock.stage("encode"):
             text_joint = self.encoder.encode_text(text) if text else None
-            sentence = self.encoder.encode_sentence(text) if text else None
+            sentence = self.encoder.encode_sentence(words) if words else None
             photo, look = query.photo_vectors or (None, None)
             if photo is None and query.image is not None:
                 joint, looks = self.encoder.encode_photos([query.image])
@@ -211,25 +234,31 @@ class Searcher:
             look=look,
             text_joint=text_joint,
             sentence=sentence,
-            terms=query_terms(text) if text else None,
+            terms=query_terms(words) if words else None,
             personal=self._history_vector(query.history) if weights.personal > 0 else None,
             price_target=query.price_target,
             has_photo=photo is not None,
         )
-        page = self._page(query)
+        category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
+        rules = [rule for rule in merchandising.rules if rule.applies(text, {*query.filters.categories, predicted})]
+        page = self._page(query, pinned=any(rule.action == "pin" for rule in rules))
         filters = query.filters.but(in_stock=True) if page.out_of_stock is OutOfStock.hide else query.filters
         keys, scores = self._candidates(prepared, weights, filters, page.candidates, clock)
         with clock.stage("rank"):
-            category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
-            ranked = self._rank(keys, scores, prepared, weights, category_probs)
+            ranked = self._rank(keys, scores, prepared, weights, category_probs, rules)
             listed = page.listed(ranked.fused)
-            shown = page.arranged(listed, [ranked.records[ranked.keys[i]].payload for i in listed])[:query.k]
+            if page.grouped:
+                listed = one_per_family(listed, ranked.payloads(listed))
+            arranged = pin(page.arranged(listed, ranked.payloads(listed)), ranked, rules)
+            shown = arranged[page.offset:page.offset + query.k]
             results, evidence = self._results(ranked, shown, weights)
+            if page.grouped:
+                self._add_variants(results)
             facets = self._query_facets(ranked, page) if query.facets else None
         best = float(ranked.fused[0]) if len(ranked.fused) else 0.0
         return SearchResponse(results, best < self.settings.nothing_close, predicted, seconds=clock.seconds,
-                              evidence=evidence, photo_vector=query_photo, total=len(listed), offset=page.offset,
-                              facets=facets)
+                              evidence=evidence, photo_vector=query_photo, offset=page.offset, facets=facets,
+                              total=len(listed) if page.paged else len(results))
 
     def similar(self, product_id: str, k: int = 12, filters: SearchFilters = SearchFilters(),
                 negative_ids: tuple[str, ...] = ()) -> list[SearchResult]:
@@ -334,34 +363,57 @@ class Searcher:
             scored = self.store.score(keys, list(signals.values()))
         return keys, dict(zip(signals, scored))
 
-    def _page(self, query: SearchQuery) -> _Page:
+    def _page(self, query: SearchQuery, pinned: bool = False) -> _Page:
         """How deep this query ranks and what it keeps; raises InvalidQuery for a page out of range."""
         sort = Sort.parse(query.sort)
         floor = self.settings.relevance_floor if query.floor is None else query.floor
         if not 0.0 <= floor <= 1.0:
             raise InvalidQuery(f"floor must be between 0 and 1, got {floor}")
         out_of_stock = OutOfStock.parse(query.out_of_stock or self.settings.out_of_stock)
-        if query.offset is None and sort is Sort.relevance and not query.facets:
+        grouped = not query.ungrouped
+        if query.offset is None and sort is Sort.relevance and not query.facets and not pinned:
             # One list of k, not a page of a longer one: only what its top k needs is gathered.
-            return _Page(sort, floor, 0, max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES), query.k, out_of_stock)
+            candidates = max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
+            return _Page(sort, floor, 0, candidates, candidates, out_of_stock, grouped, paged=False)
         depth, offset = self.settings.depth, query.offset or 0
         if not 0 <= offset < depth:
             raise InvalidQuery(f"offset {offset} is past the {depth} products a query ranks "
                                "(SNAPSHOP_SEARCH__DEPTH)")
-        return _Page(sort, floor, offset, depth, depth, out_of_stock)
+        return _Page(sort, floor, offset, depth, depth, out_of_stock, grouped, paged=True)
+
+    def _add_variants(self, results: list[SearchResult]) -> None:
+        """Each result's variant family (itself included), for swatches: one store read per family field."""
+        families: dict[str, set[str]] = {}
+        for result in results:
+            family = family_of(result.payload)
+            if family is not None:
+                families.setdefault(family[0], set()).add(family[1])
+        members: dict[tuple[str, str], list] = {}
+        for name, values in families.items():
+            found = self.store.find(SearchFilters(attributes=((name, tuple(sorted(values))),)),
+                                    limit=MAX_VARIANTS * len(values))
+            for product in found:
+                members.setdefault(family_of(product.payload), []).append(product)
+        for result in results:
+            family = family_of(result.payload)
+            if family is not None and len(members.get(family, [])) > 1:
+                result.variants = [{"product_id": p.product_id, "payload": p.payload} for p in members[family]]
 
     def _rank(self, keys: list, scores: dict[str, dict], q: _Query, weights: RankerWeights,
-              category_probs: dict) -> _Ranked:
-        """Every candidate by fused score, best first, with the payload fields ranking and sorting read."""
-        fields = RANKING_FIELDS + [payload_key(name) for name in self.attributes()]
+              category_probs: dict, rules: list[Rule]) -> _Ranked:
+        """Every candidate by fused score (moved by the rules that hide, boost or bury), best first,
+        with the payload fields ranking, sorting and the rules read."""
+        fields = RANKING_FIELDS + [payload_key(name) for name in {*self.attributes(), *rule_fields(rules)}]
         records = self.store.records(keys, fields, [IMAGE_VECTOR] if q.personal is not None else None)
         keys = [key for key in keys if key in records]  # a product deleted meanwhile is left out
         if not keys:
             return _Ranked([], np.zeros(0), np.zeros((0, len(SIGNALS))), {})
         matrix = self._evidence(keys, records, scores, q, category_probs)
         fused = fused_scores(matrix, weights)
-        order = np.argsort(-fused, kind="stable")
-        return _Ranked([keys[i] for i in order], fused[order], matrix[order], records)
+        kept, fused, notes = adjust(keys, [records[key] for key in keys], fused, rules)
+        order = sorted(kept, key=lambda i: -fused[i])  # stable: ties keep the candidates' order
+        return _Ranked([keys[i] for i in order], fused[order], matrix[order], records,
+                       {keys[i]: notes[i] for i in order if notes.get(i)})
 
     def _results(self, ranked: _Ranked, positions: list[int],
                  weights: RankerWeights) -> tuple[list[SearchResult], np.ndarray]:
@@ -377,6 +429,7 @@ class Searcher:
                 score, shares = fuse(evidence, weights)
                 signals = {name: squash(value) for name, value in evidence.items()}
                 results.append(to_result(stored.product_id, stored.payload, score, signals, shares))
+                results[-1].rules = ranked.notes.get(ranked.keys[i], [])
         return results, ranked.matrix[rows] if rows else np.zeros((0, len(SIGNALS)))
 
     def _signal_queries(self, q: _Query, weights: RankerWeights) -> dict[str, VectorQuery]:

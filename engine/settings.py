@@ -153,6 +153,18 @@ class ApiSettings(BaseModel):
         Path("var/images"), description="Folder that relative image paths in API upserts are read from.",
     )
     search_threads: int = Field(4, ge=1, le=64, description="Searches encoded at the same time.")
+    public_reads: bool = Field(
+        True, description="Searches, facets and product reads need no key. False: they need read_key (or the "
+        "write key), for a storefront that searches from its own backend.",
+    )
+    read_key: SecretStr | None = Field(
+        None, description="A read-only key (X-API-Key or Authorization: Bearer) for searches and product reads "
+        "when public_reads is false; it cannot write.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Web origins whose pages may call the API from a browser, e.g. "
+        "[\"https://shop.example\"]; empty: none (same-origin pages only).",
+    )
     host: str = Field("127.0.0.1", description="Address `snapshop serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `snapshop serve` listens on.")
 

@@ -61,7 +61,7 @@ def newest_of(payload: dict) -> float | None:
         if number is not None:
             return number
         try:
-            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+            moment = datetime.fromisoformat(str(value).strip())
         except ValueError:
             try:
                 moment = datetime.combine(date.fromisoformat(str(value).strip()[:10]), datetime.min.time())

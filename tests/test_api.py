@@ -115,7 +115,7 @@ def test_text_search_finds_the_kind_of_product_described(client):
     assert sum(hit["category"] == "Watches" for hit in body["data"]) >= 4
     hit = body["data"][0]
     assert set(hit) == {"id", "title", "price", "category", "images", "score", "signals", "explanation", "in_stock",
-                        "attributes"}
+                        "attributes", "variants", "rules"}
     assert hit["images"] == [f"http://testserver/images/{hit['id']}/0"]
     assert hit["signals"] and abs(sum(hit["explanation"].values()) - 1) < 1e-3
 

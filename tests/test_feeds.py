@@ -181,3 +181,26 @@ def test_an_xml_feed_with_entities_is_refused(tmp_path):
                     '<rss><channel><item><g:id xmlns:g="http://base.google.com/ns/1.0">&b;</g:id></item></channel></rss>')
     with pytest.raises(CatalogError, match="is not a readable RSS feed"):
         read_catalog(path)
+
+
+def test_variants_are_one_result_per_family_with_swatches_unless_ungrouped(products, encoder):
+    folder, rows = products
+    _, app = ingest_and_serve(write_shopify_csv(folder, rows), encoder, folder)
+    with app as client:
+        data = {"text": "casual shirt", "k": "20", "out_of_stock": "show"}
+        ungrouped = client.post("/search", data={**data, "ungrouped": "true"}).json()["data"]
+        assert len(ungrouped) == len(rows) and all(hit["variants"] == [] for hit in ungrouped)
+        grouped = client.post("/search", data=data).json()["data"]
+        families = [hit["attributes"]["item_group_id"] for hit in grouped]
+        assert len(families) == len(set(families)) == len(rows) // 2
+        best = {}
+        for hit in ungrouped:  # each family's best-ranked variant is the one shown
+            best.setdefault(hit["attributes"]["item_group_id"], hit["id"])
+        assert [hit["id"] for hit in grouped] == [best[family] for family in families]
+        for hit in grouped:
+            variants = {variant["id"]: variant for variant in hit["variants"]}
+            assert len(variants) == 2 and hit["id"] in variants
+            assert all(v["image"].startswith("http://testserver/images/") for v in variants.values())
+            assert variants[hit["id"]]["label"] == f"{hit['attributes']['color']} / {hit['attributes']['size']}"
+        paged = client.post("/search", data={**data, "offset": "0", "k": "5"}).json()
+        assert paged["total"] == len(rows) // 2 and paged["next_offset"] == 5

@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 
-from api.deps import RequireApiKey, RuntimeDep
+from api.deps import RequireApiKey, RequireReadAccess, RuntimeDep
 from api.ids import ProductIdPath
 from api.runtime import Runtime
 from api.schemas import (
@@ -50,12 +50,13 @@ async def _stored(runtime: Runtime, product_id: str) -> StoredProduct:
     return found[product_id]
 
 
-@router.get("/{product_id}", summary="One product", responses=error_responses(404))
+@router.get("/{product_id}", summary="One product", responses=error_responses(404),
+            dependencies=[RequireReadAccess])
 async def get_product(product_id: ProductIdPath, request: Request, runtime: RuntimeDep) -> Product:
     return to_product(await _stored(runtime, product_id), request)
 
 
-@router.get("/{product_id}/similar", summary="Products that look like this one",
+@router.get("/{product_id}/similar", summary="Products that look like this one", dependencies=[RequireReadAccess],
             responses=error_responses(404, 422))
 async def similar_products(
     product_id: ProductIdPath, request: Request, runtime: RuntimeDep, params: Annotated[SimilarParams, Query()],

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from PIL import Image
 
 from api.analytics import log_search
-from api.deps import FiltersQuery, RuntimeDep
+from api.deps import FiltersQuery, RequireReadAccess, RuntimeDep
 from api.runtime import Runtime
 from api.schemas import (
     AttributeFacet,
@@ -25,10 +25,12 @@ from api.schemas import (
 )
 from api.uploads import decode_photo, read_photo
 from api.views import to_hit
+from engine.errors import InvalidQuery
+from engine.fetch import fetch_url
 from engine.search import SearchQuery
 from engine.store import SearchFilters
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[RequireReadAccess])
 
 PhotoFile = Annotated[UploadFile | None, File(description="The shopper's photo (JPEG, PNG, WebP...).")]
 
@@ -41,12 +43,16 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
                                                  form.attributes)
     decode_started = time.perf_counter()
     image, photo_bytes = await _decoded_photo(photo, runtime)
+    if form.image_url is not None:
+        if image is not None:
+            raise InvalidQuery("give a photo or an image_url, not both")
+        image, photo_bytes = await _photo_at(form.image_url, runtime)
     decode_seconds = time.perf_counter() - decode_started
     query = SearchQuery(
         text=form.text, image=image, filters=filters, k=form.k or runtime.settings.search.default_k,
         photo_text_mix=form.photo_text_mix, weights=form.weights, price_target=form.price_target,
         history=tuple(form.history), offset=form.offset, sort=form.sort, floor=form.floor, facets=form.facets,
-        out_of_stock=form.out_of_stock,
+        out_of_stock=form.out_of_stock, ungrouped=form.ungrouped, merchandising=form.merchandising,
     )
     response = await runtime.run(runtime.searcher.search, query)
     seconds = {"decode": decode_seconds, **response.seconds} if image is not None else response.seconds
@@ -84,6 +90,17 @@ def query_kind(text: str | None, image: Image.Image | None) -> str:
     """'text', 'photo' or 'photo+text': how a search is labelled in metrics and the query log."""
     words = bool((text or "").strip())
     return "photo+text" if image is not None and words else "photo" if image is not None else "text"
+
+
+async def _photo_at(url: str, runtime: Runtime) -> tuple[Image.Image, bytes]:
+    """The photo at a shopper's image URL, fetched through the same guard as catalog URLs
+    (public addresses only unless SNAPSHOP_INGEST__ALLOW_PRIVATE_URLS, size and time limits)."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise InvalidQuery(f"image_url must be an http(s) URL, got '{url[:100]}'")
+    ingest, limit = runtime.settings.ingest, runtime.settings.api.max_upload_bytes
+    data = await runtime.run(fetch_url, url, timeout_s=ingest.url_timeout_s, max_bytes=limit,
+                             allow_private=ingest.allow_private_urls)
+    return await runtime.run(decode_photo, data, url, limit), data
 
 
 async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> tuple[Image.Image | None, bytes | None]:

@@ -221,6 +221,19 @@ class VectorStore(ABC):
         """Up to ``size`` products with their vectors, spread over the catalog."""
 
     @abstractmethod
+    def read_rules(self) -> dict:
+        """The merchandising document (rules, synonyms) kept with the products; {} when none."""
+
+    @abstractmethod
+    def write_rules(self, document: dict) -> None:
+        """Replace the merchandising document, durably (a crash leaves the old one or the new)."""
+
+    @abstractmethod
+    def find(self, filters: SearchFilters, limit: int = 1000) -> list[StoredProduct]:
+        """Up to ``limit`` products under ``filters`` with their payload, in id order (a variant
+        family's products, say)."""
+
+    @abstractmethod
     def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         """Every product id with its bookkeeping payload (hash), in batches."""
 

@@ -60,6 +60,7 @@ from engine.store.base import (
 )
 
 BOOKKEEPING = ["product_id", "content_hash", "meta_hash"]
+RULES_FILE = "merchandising.json"  # rules and synonyms (engine.rules), beside the shard
 _INDEX_KINDS = {"Keyword": "keyword", "Float": "number", "Integer": "number"}
 
 
@@ -365,6 +366,25 @@ class EdgeStore(VectorStore):
         request = qe.QueryRequest(limit=size, query=qe.Sample.Random, with_payload=["product_id"], with_vector=True)
         return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector))
                 for p in self.shard.query(request)]
+
+    def read_rules(self) -> dict:
+        path = self.dir / RULES_FILE
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise StoreError(f"{path} cannot be read ({e}); restore it from a backup, or remove it to start "
+                             "the rules again") from e
+
+    def write_rules(self, document: dict) -> None:
+        with self._write_lock:
+            _write_atomically(self.dir / RULES_FILE, json.dumps(document, indent=2))
+
+    def find(self, filters: SearchFilters, limit: int = 1000) -> list[StoredProduct]:
+        records, _ = self.shard.scroll(qe.ScrollRequest(limit=limit, filter=_filter(filters), with_payload=True,
+                                                        with_vector=False))
+        return [StoredProduct(r.payload["product_id"], dict(r.payload)) for r in records]
 
     def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         offset = None

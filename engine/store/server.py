@@ -43,6 +43,8 @@ from engine.store.base import (
 )
 from engine.store.edge import BOOKKEEPING
 
+RULES_KEY = "merchandising"  # rules and synonyms (engine.rules), in the collection's metadata
+
 
 class ServerStore(VectorStore):
     def __init__(self, url: str, collection: str, info: ModelInfo, api_key: str | None = None,
@@ -232,6 +234,20 @@ class ServerStore(VectorStore):
         response = self.client.query_points(self.collection, query=qm.SampleQuery(sample=qm.Sample.RANDOM),
                                             limit=size, with_payload=["product_id"], with_vectors=True)
         return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector)) for p in response.points]
+
+    def read_rules(self) -> dict:
+        metadata = self.client.get_collection(self.collection).config.metadata or {}
+        return dict(metadata.get(RULES_KEY) or {})
+
+    def write_rules(self, document: dict) -> None:
+        # Collection metadata is replicated with the collection, like the model record beside it.
+        metadata = dict(self.client.get_collection(self.collection).config.metadata or {})
+        self.client.update_collection(self.collection, metadata={**metadata, RULES_KEY: document})
+
+    def find(self, filters: SearchFilters, limit: int = 1000) -> list[StoredProduct]:
+        records, _ = self.client.scroll(self.collection, scroll_filter=_filter(filters), limit=limit,
+                                        with_payload=True, with_vectors=False)
+        return [StoredProduct(r.payload["product_id"], dict(r.payload)) for r in records]
 
     def scroll_ids(self, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         offset = None
