@@ -29,6 +29,9 @@ MAX_KEYWORD_VALUES = 200
 MAX_KEYWORD_LENGTH = 60
 # Columns the engine reads for its own meaning and indexes itself, not detected as attributes.
 _NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_ -]{0,63}")  # a dot would read as nesting in a payload key
+MIN_COVERAGE = 0.1
+MAX_DETECTED = 32
 NOT_ATTRIBUTES = frozenset({"image_files", "images", "image", "title", "id"})
 
 
@@ -41,14 +44,21 @@ def detect_attributes(records: Iterable[Mapping[str, Any]], declared: Mapping[st
                       max_values: int = MAX_KEYWORD_VALUES) -> dict[str, Kind]:
     """Attributes of a catalog from its free columns' values (``records``: each product's
     ``fields``): numbers become ranges, short repeating texts become facets; ``declared`` ones
-    are kept as declared and win over detection."""
+    are kept as declared and win over detection. A column is detected only with a plain name,
+    on at least ``MIN_COVERAGE`` of the products (and two of them), and at most
+    ``MAX_DETECTED`` columns are, the most widely filled first: every attribute is a payload
+    index the store keeps up to date on every write."""
     values: dict[str, list] = {}
+    total = 0
     for fields in records:
+        total += 1
         for name, value in fields.items():
-            if value is not None and name not in NOT_ATTRIBUTES:
+            if value is not None and name not in NOT_ATTRIBUTES and _NAME.fullmatch(name):
                 values.setdefault(name, []).append(value)
     found: dict[str, Kind] = {}
-    for name, seen in values.items():
+    for name, seen in sorted(values.items(), key=lambda item: -len(item[1])):
+        if len(found) == MAX_DETECTED or len(seen) < max(2, MIN_COVERAGE * total):
+            break
         kind = _kind_of(seen, max_values)
         if kind is not None:
             found[name] = kind

@@ -136,14 +136,14 @@ def test_a_merchant_center_feed_ingests_whole_and_filters_by_its_attributes(prod
         colour = rows[1]["colour"]
         wanted = {"color": [colour], "size": ["S", "M", "L"]}
         body = client.post("/search", data={"text": rows[1]["category"], "k": "20", "out_of_stock": "show",
-                                            "attributes": json.dumps(wanted)}).json()
+                                            "ungrouped": "true", "attributes": json.dumps(wanted)}).json()
         expected = {item["id"] for item in items if item["color"] == colour}
         assert {hit["id"] for hit in body["data"]} == expected
         assert all(hit["attributes"]["color"] == colour for hit in body["data"])
         facets = client.get("/facets").json()
         names = {facet["name"] for facet in facets["attributes"]}
         assert {"brand", "color", "size", "gender", "item_group_id", "availability", "currency"} <= names
-        hidden = client.post("/search", data={"text": rows[5]["title"], "k": "20"}).json()
+        hidden = client.post("/search", data={"text": rows[5]["title"], "k": "20", "ungrouped": "true"}).json()
         assert items[5]["id"] not in {hit["id"] for hit in hidden["data"]}  # "out of stock", the old spelling
 
 
@@ -159,10 +159,10 @@ def test_a_shopify_export_ingests_one_product_per_variant(products, encoder):
     assert second.fields["item_group_id"] == second.fields["item_group_id"] and second.category == rows[0]["category"]
     with app as client:
         brand = rows[0]["title"].split()[0]
-        body = client.post("/search", data={"text": "watch", "k": "20", "out_of_stock": "show",
+        body = client.post("/search", data={"text": "watch", "k": "20", "out_of_stock": "show", "ungrouped": "true",
                                             "attributes": json.dumps({"brand": [brand]})}).json()
         assert body["data"] and all(hit["attributes"]["brand"] == brand for hit in body["data"])
-        in_stock = client.post("/search", data={"text": rows[4]["category"], "k": "20"}).json()
+        in_stock = client.post("/search", data={"text": rows[4]["category"], "k": "20", "ungrouped": "true"}).json()
         assert f"SKU-{rows[4]['id']}" not in {hit["id"] for hit in in_stock["data"]}  # inventory 0
 
 

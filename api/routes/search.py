@@ -100,7 +100,7 @@ async def _photo_at(url: str, runtime: Runtime) -> tuple[Image.Image, bytes]:
     ingest, limit = runtime.settings.ingest, runtime.settings.api.max_upload_bytes
     data = await runtime.run(fetch_url, url, timeout_s=ingest.url_timeout_s, max_bytes=limit,
                              allow_private=ingest.allow_private_urls)
-    return await runtime.run(decode_photo, data, url, limit), data
+    return await runtime.run(decode_photo, data, url, runtime.settings.api, runtime.decode_budget), data
 
 
 async def _decoded_photo(photo: UploadFile | None, runtime: Runtime) -> tuple[Image.Image | None, bytes | None]:
