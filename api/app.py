@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import InsecureSettings, add_error_handlers
@@ -57,6 +58,10 @@ def create_app(settings: Settings | None = None, encoder: Encoder | None = None)
     app.state.metrics = _metrics(app, settings)
     add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, upload_limit=settings.api.max_upload_bytes)
+    if settings.api.cors_origins:
+        # A storefront's own pages call the API from the shopper's browser: only the listed origins.
+        app.add_middleware(CORSMiddleware, allow_origins=settings.api.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["X-API-Key", "Authorization", "Content-Type"])
     # Added last, so it is the outermost: it times whole requests, refusals included.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Outermost of all: routes (and the metrics' route templates) see ids' encoded '/' kept.

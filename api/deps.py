@@ -47,5 +47,27 @@ def require_api_key(
 # For write routes: `dependencies=[RequireApiKey]`.
 RequireApiKey = Depends(require_api_key)
 
+
+def require_read_access(
+    runtime: RuntimeDep,
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Reads are public unless ``api.public_reads`` is off: then the read key or the write key."""
+    settings = runtime.settings.api
+    if settings.public_reads:
+        return
+    given = api_key or (bearer.credentials if bearer else None)
+    if not given:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "reads need a key here (header X-API-Key or "
+                            "Authorization: Bearer): the read key or the API key", headers={"WWW-Authenticate": "Bearer"})
+    keys = [settings.api_key.get_secret_value()] + ([settings.read_key.get_secret_value()] if settings.read_key else [])
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong key")
+
+
+# For read routes: `dependencies=[RequireReadAccess]`.
+RequireReadAccess = Depends(require_read_access)
+
 # Category and price filters from the query string.
 FiltersQuery = Annotated[FilterParams, Query()]

@@ -31,7 +31,9 @@ from engine.records import (
     check_stock,
     check_text,
 )
+from engine.rules import Merchandising
 from engine.signals import SIGNALS
+from engine.sorting import Sort
 from engine.store import SearchFilters
 
 Price = Field(None, ge=0, allow_inf_nan=False)
@@ -67,23 +69,83 @@ class SearchForm(BaseModel):
     price_target: float | None = Field(None, gt=0, allow_inf_nan=False, description="A price the shopper aims at.")
     session: str | None = Field(None, max_length=64, description="An opaque id of the shopper's visit, for the "
                                 "query log (search analytics); never a person's identity.")
+    sort: Sort = Field(Sort.relevance, description="Order of the list: relevance, or the products above the "
+                       "relevance floor by price (price_asc, price_desc), newest first, or most popular first.")
+    offset: int | None = Field(
+        None, ge=0, le=10_000, description="Skip this many products: pages of k. Give 0 for the first page of a "
+        "paged list; every page (also sorted) is cut from one ranked list of the settings' depth.")
+    floor: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False,
+        description="Relevance floor of a sorted list and of the facets (0..1 fused score); unset: the "
+                    "settings' relevance_floor.")
+    attributes: Json[dict[str, JsonValue]] | None = Field(
+        None, description='Attribute filters as a JSON object: any of these values for a keyword attribute, a '
+                          'range for a number, e.g. {"colour": ["Black", "Navy Blue"], "year": {"min": 2015}}; '
+                          'GET /facets lists the attributes.')
+    facets: bool = Field(False, description="Also count the attributes of the products that match the search "
+                                            "(those above the relevance floor).")
+    out_of_stock: Literal["hide", "demote", "show"] | None = Field(
+        None, description="Products out of stock: hidden, demoted after those in stock, or shown as ranked; "
+                          "unset: the settings' out_of_stock.")
+    ungrouped: bool = Field(False, description="Every variant as a result of its own, instead of one result per "
+                                               "family (item_group_id / parent_id) with its variants listed.")
+    image_url: str | None = Field(
+        None, max_length=2000, description="Search by the photo at this http(s) URL instead of an upload "
+                                           "(fetched through the same address guard and limits as catalog photos).")
+    merchandising: Json[Merchandising] | None = Field(
+        None, description="Rules and synonyms to preview instead of the stored ones (GET /merchandising's "
+                          "document as JSON); nothing is saved.")
 
 
 class FilterParams(BaseModel):
-    """Category and price filters given in the query string."""
+    """Category, price and attribute filters given in the query string."""
 
     category: list[str] = Field([], max_length=100, description="Only these categories (repeatable).")
     min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    attributes: Json[dict[str, JsonValue]] | None = Field(
+        None, description='Attribute filters as a JSON object, e.g. {"colour": ["Black"], "year": {"min": 2015}}.')
 
     def filters(self) -> SearchFilters:
-        """Raises InvalidQuery for an inverted price range."""
+        """Category and price filters (attributes are checked against the store by the searcher);
+        raises InvalidQuery for an inverted price range."""
         return SearchFilters(tuple(self.category), self.min_price, self.max_price)
 
 
 class SimilarParams(FilterParams):
     k: int = Field(12, ge=1, le=10_000, description="How many products.")
     negative: list[str] = Field([], max_length=20, description="Ids of products to steer away from (repeatable).")
+
+
+class CategoryCount(BaseModel):
+    name: str
+    count: int
+
+
+class ValueCount(BaseModel):
+    value: str
+    count: int
+
+
+class AttributeFacet(BaseModel):
+    name: str
+    values: list[ValueCount] = Field(description="Most frequent first.")
+
+
+class QueryFacets(BaseModel):
+    """Counts over the products that match the search: its ranked products above the relevance floor."""
+
+    total: int
+    categories: list[CategoryCount]
+    attributes: list[AttributeFacet]
+
+
+class Variant(BaseModel):
+    id: str
+    label: str = Field(description="What tells it from its family's others: colour, size...")
+    image: str | None = Field(description="Its first photo's URL.")
+    price: float | None
+    in_stock: bool
 
 
 class SearchHit(BaseModel):
@@ -95,6 +157,11 @@ class SearchHit(BaseModel):
     score: float
     signals: dict[str, float] = Field(description="Each signal's calibrated value, 0..1.")
     explanation: dict[str, float] = Field(description="Each signal's share of the score.")
+    in_stock: bool = Field(True, description="False when the catalog or a PATCH says it is out of stock.")
+    attributes: dict[str, JsonValue] = Field({}, description="The product's filterable attributes.")
+    rules: list[str] = Field([], description="The merchandising rules that moved this product, described.")
+    variants: list[Variant] = Field([], description="Its family's variants (same item_group_id or parent_id), "
+                                    "itself included, for swatches; empty for a product on its own.")
 
 
 class SearchResults(BaseModel):
@@ -104,6 +171,10 @@ class SearchResults(BaseModel):
     predicted_category: str | None = None
     query_id: str | None = Field(None, description="This search in the query log, for POST /events; null when "
                                  "search analytics are off.")
+    total: int = Field(0, description="Products in the list the pages are cut from (sorted: those above the floor).")
+    offset: int = Field(0, description="Position of this page's first product in that list.")
+    next_offset: int | None = Field(None, description="The offset of the next page; null on the last one.")
+    facets: QueryFacets | None = Field(None, description="With facets=true: counts that follow the query.")
 
 
 class SimilarResults(BaseModel):
@@ -129,11 +200,8 @@ class SearchDefaults(BaseModel):
     default_k: int
     max_k: int
     max_upload_bytes: int
-
-
-class CategoryCount(BaseModel):
-    name: str
-    count: int
+    relevance_floor: float
+    depth: int
 
 
 class PriceBucket(BaseModel):
@@ -145,6 +213,8 @@ class PriceBucket(BaseModel):
 class Facets(BaseModel):
     total: int
     categories: list[CategoryCount]
+    attributes: list[AttributeFacet] = Field(description="Counts per value of each keyword attribute.")
+    numbers: list[str] = Field(description="The number attributes (filtered by range).")
     price_histogram: list[PriceBucket]
 
 
@@ -220,11 +290,13 @@ class ProductPatch(BaseModel):
     category: Annotated[str | None, BeforeValidator(_json(check_category))] = Field(
         None, min_length=1, max_length=MAX_CATEGORY_CHARS)
     stock: Annotated[int | None, BeforeValidator(_json(check_stock))] = Field(None, ge=0, le=MAX_STOCK)
+    availability: Literal["in_stock", "out_of_stock", "preorder", "backorder"] | None = Field(
+        None, description="Merchant Center availability; out_of_stock is out of stock.")
 
     @model_validator(mode="after")
     def _something_to_change(self) -> ProductPatch:
         if not self.model_fields_set:
-            raise ValueError("give at least one of price, category, stock")
+            raise ValueError("give at least one of price, category, stock, availability")
         return self
 
 

@@ -85,3 +85,7 @@ class InvalidProduct(SnapshopError, ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"field '{field}': {reason}" if field else reason)
+
+
+class RuleNotFound(SnapshopError):
+    """A merchandising rule id that is not among the stored rules."""

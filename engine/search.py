@@ -16,22 +16,31 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from engine.attributes import attribute_filters, facet_counts, payload_key
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
 from engine.products import payload_of
 from engine.ranking import fuse, fused_scores, softmax, squash
+from engine.rules import Merchandising, Rule, adjust, expand, pin, rule_fields
 from engine.settings import SearchSettings
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction
+from engine.sorting import SORT_FIELDS, Sort, sorted_order
+from engine.stock import AVAILABILITY, STOCK, OutOfStock, in_stock
 from engine.store import IMAGE_VECTOR, SearchFilters, VectorStore
 from engine.store.base import CAPTION_VECTOR, LOOK_VECTOR, SENTENCE_VECTOR, VectorQuery
 from engine.timing import StageClock
+from engine.variants import FAMILY_PAYLOAD_FIELDS, MAX_VARIANTS, family_of, one_per_family
 
 # Candidates each signal brings: 4 per result wanted, at least 40. Measured on the validation
 # split (300 text and photo queries, k=10): 40, 48 and 64 give identical top-10 lists, and every
 # candidate costs scoring and a payload read.
 CANDIDATES_PER_RESULT = 4
 MIN_CANDIDATES = 40
+# The payload fields sorting, stock and variants read (a free catalog column sits under "fields");
+# the signals' own come from the registry.
+PAGE_FIELDS = ["product_id", "category", *SORT_FIELDS, payload_key(AVAILABILITY), payload_key(STOCK),
+                  *FAMILY_PAYLOAD_FIELDS]
 # The stored vectors the ranker's background sample holds, by the StoredProduct attribute holding them.
 SAMPLED_VECTORS = {IMAGE_VECTOR: "image_vectors", CAPTION_VECTOR: "caption_vector", SENTENCE_VECTOR: "sentence_vector",
                    LOOK_VECTOR: "look_vectors"}
@@ -49,6 +58,15 @@ class SearchQuery:
     history: tuple[str, ...] = ()  # product ids the shopper viewed or bought
     # The photo already encoded (joint, look), e.g. when one photo is searched several ways.
     photo_vectors: tuple[np.ndarray, np.ndarray] | None = None
+    # Pages: ``offset`` given (0 for the first page) or a sort other than relevance makes the
+    # search rank the settings' stable ``depth`` of candidates and cut pages of ``k`` from it.
+    offset: int | None = None
+    sort: Sort | str = Sort.relevance
+    floor: float | None = None  # None: the settings' relevance_floor (sorted lists and facets)
+    facets: bool = False  # count the attributes of the products above the floor
+    out_of_stock: OutOfStock | str | None = None  # None: the settings' out_of_stock
+    ungrouped: bool = False  # every variant on its own, not one result per family (engine.variants)
+    merchandising: Merchandising | None = None  # rules to preview instead of the stored ones
 
 
 @dataclass
@@ -62,6 +80,8 @@ class SearchResult:
     payload: dict
     signals: dict[str, float]  # calibrated value of each signal, 0..1
     explanation: dict[str, float] = field(default_factory=dict)  # each signal's share of the score
+    variants: list[dict] = field(default_factory=list)  # its family's products ({product_id, payload}), grouped
+    rules: list[str] = field(default_factory=list)  # the merchandising rules that moved it, described
 
 
 @dataclass
@@ -71,11 +91,14 @@ class SearchResponse:
     predicted_category: str | None = None
     # Seconds per stage (encode, gather, score, rank), for metrics and the query log.
     seconds: dict[str, float] = field(default_factory=dict)
-    # Each result's evidence per signal (results x signals in the registry's order, NaN where one
-    # does not apply): what the ranker fused, so logged clicks can refit its weights offline.
+    # Each result's evidence per signal (results x SIGNALS, NaN where one does not apply): what
+    # the ranker fused, so logged clicks can refit its weights offline (engine.analytics.tune).
     evidence: np.ndarray | None = None
     # The query's photo in the joint space, when it had one (the query log keeps it, not the photo).
     photo_vector: np.ndarray | None = None
+    total: int = 0  # products in the list the pages are cut from
+    offset: int = 0
+    facets: dict | None = None  # {"total", "categories", "attributes"} over the products above the floor
 
 
 @dataclass(frozen=True)
@@ -96,6 +119,51 @@ class SearchPlan:
         return tuple(name for name, query in self.score.items() if id(query) not in gathering)
 
 
+@dataclass
+class _Ranked:
+    """Every candidate of a query, best fused score first."""
+
+    keys: list  # point keys
+    fused: np.ndarray  # (candidates,) fused score, 0..1
+    matrix: np.ndarray  # (candidates, SIGNALS) evidence
+    records: dict  # point key -> StoredProduct with the ranking fields
+    notes: dict = field(default_factory=dict)  # point key -> the rules that moved it, described
+
+    def payloads(self, positions: list[int]) -> list[dict]:
+        return [self.records[self.keys[i]].payload for i in positions]
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What one query ranks and which of it is listed."""
+
+    sort: Sort
+    floor: float  # a sorted list and the facets hold the ranked products at or above it
+    offset: int
+    candidates: int  # each signal's candidates
+    depth: int  # products ranked at most
+    out_of_stock: OutOfStock
+    grouped: bool  # one result per variant family
+    paged: bool  # a page of the depth's list, not the fast list of k
+
+    def listed(self, fused: np.ndarray) -> list[int]:
+        """Positions of the ranking that make the list: the best ``depth``, and when sorted, only
+        those at or above the floor."""
+        floor = self.floor if self.sort is not Sort.relevance else -1.0
+        return [i for i in range(min(len(fused), self.depth)) if fused[i] >= floor]
+
+    def relevant(self, fused: np.ndarray) -> list[int]:
+        """Positions of the ranking at or above the floor: the set facets count."""
+        return [i for i in range(min(len(fused), self.depth)) if fused[i] >= self.floor]
+
+    def arranged(self, listed: list[int], payloads: list[dict]) -> list[int]:
+        """``listed`` in the page's order (sorted; out-of-stock last when demoted)."""
+        order = sorted_order(payloads, self.sort)
+        if self.out_of_stock is OutOfStock.demote:
+            order = [i for i in order if in_stock(payloads[i])] + [i for i in order if not in_stock(payloads[i])]
+        return [listed[i] for i in order]
+
+
 class Searcher:
     """Answers shoppers' queries against one store with one encoder, ranked by ``signals``."""
 
@@ -109,25 +177,54 @@ class Searcher:
         self.weights = signals.weights(**settings.weights)
         self._background: tuple[int, dict[str, np.ndarray]] | None = None
         self._categories: tuple[int, list[str], np.ndarray] | None = None
+        self._attributes: tuple[int, dict[str, str]] | None = None
         self._lock = threading.Lock()
+        self.merchandising = Merchandising.model_validate(store.read_rules() or {})
 
     # --- public -----------------------------------------------------------------------------
-    def search(self, query: SearchQuery) -> SearchResponse:
-        """The ``query.k`` best products: prepare the query, plan its searches, gather candidates,
-        score each on every signal that applies, fuse."""
-        clock = StageClock()
-        prepared = self.prepare(query, clock)
-        plan = self.plan(prepared)
-        keys, scores = self._gather(plan, query.filters, clock)
-        with clock.stage("rank"):
-            probs, predicted = self._category_probs(prepared.visual) if "category" in plan.signals else ({}, None)
-            results, evidence = self._rank(keys, scores, prepared, plan, probs, query.k)
-        nothing_close = not results or max(r.score for r in results) < self.settings.nothing_close
-        return SearchResponse(results, nothing_close, predicted, clock.seconds, evidence, prepared.photo)
+    def set_merchandising(self, merchandising: Merchandising) -> None:
+        """Keep new rules and synonyms with the products, and search with them from now on."""
+        self.store.write_rules(merchandising.model_dump(mode="json"))
+        self.merchandising = merchandising
 
-    def prepare(self, query: SearchQuery, clock: StageClock | None = None) -> PreparedQuery:
+    def search(self, query: SearchQuery) -> SearchResponse:
+        """A page of products for ``query``: prepare it, plan its searches, gather candidates, score
+        each on every signal that applies, fuse, then apply the merchandising rules and the page."""
+        text = (query.text or "").strip() or None
+        merchandising = query.merchandising or self.merchandising
+        # Synonyms widen the words matched against titles (keywords and sentences), not the
+        # joint-space query: "sneakers trainers" as one picture would be neither.
+        words = expand(text, merchandising.synonyms) if text else None
+        clock = StageClock()
+        prepared = self.prepare(query, clock, words)
+        weights = prepared.weights
+        category_probs, predicted = self._category_probs(prepared.visual) if weights.category > 0 else ({}, None)
+        rules = [rule for rule in merchandising.rules if rule.applies(text, {*query.filters.categories, predicted})]
+        page = self._page(query, pinned=any(rule.action == "pin" for rule in rules))
+        filters = query.filters.but(in_stock=True) if page.out_of_stock is OutOfStock.hide else query.filters
+        prepared.limit = page.candidates
+        plan = self.plan(prepared)
+        keys, scores = self._gather(plan, filters, clock)
+        with clock.stage("rank"):
+            ranked = self._rank(keys, scores, prepared, plan, category_probs, rules)
+            listed = page.listed(ranked.fused)
+            if page.grouped:
+                listed = one_per_family(listed, ranked.payloads(listed))
+            arranged = pin(page.arranged(listed, ranked.payloads(listed)), ranked, rules)
+            shown = arranged[page.offset:page.offset + query.k]
+            results, evidence = self._results(ranked, shown, weights)
+            if page.grouped:
+                self._add_variants(results)
+            facets = self._query_facets(ranked, page) if query.facets else None
+        best = float(ranked.fused[0]) if len(ranked.fused) else 0.0
+        return SearchResponse(results, best < self.settings.nothing_close, predicted, seconds=clock.seconds,
+                              evidence=evidence, photo_vector=prepared.photo, offset=page.offset, facets=facets,
+                              total=len(listed) if page.paged else len(results))
+
+    def prepare(self, query: SearchQuery, clock: StageClock | None = None, words: str | None = None) -> PreparedQuery:
         """The query checked, turned into vectors once (timed as the ``encode`` stage of
-        ``clock``), with the weights that rank it."""
+        ``clock``), with the weights that rank it; ``words`` (the text widened by synonyms) are
+        what the titles' sentences and keywords are matched against."""
         text = (query.text or "").strip() or None
         if text is None and query.image is None and query.photo_vectors is None:
             raise InvalidQuery("give a text, a photo, or both")
@@ -139,9 +236,10 @@ class Searcher:
         if query.price_target is not None and not (math.isfinite(query.price_target) and query.price_target > 0):
             raise InvalidQuery(f"price_target must be a positive number, got {query.price_target}")
 
+        words = words or text
         with (clock or StageClock()).stage("encode"):
             text_joint = self.encoder.encode_text(text) if text else None
-            sentence = self.encoder.encode_sentence(text) if text else None
+            sentence = self.encoder.encode_sentence(words) if words else None
             photo, look = query.photo_vectors or (None, None)
             if photo is None and query.image is not None:
                 joint, looks = self.encoder.encode_photos([query.image])
@@ -160,7 +258,7 @@ class Searcher:
             look=look,
             text_joint=text_joint,
             sentence=sentence,
-            terms=query_terms(text) if text else None,
+            terms=query_terms(words) if words else None,
             personal=self._history_vector(query.history) if weights.personal > 0 else None,
             price_target=query.price_target,
             has_photo=photo is not None,
@@ -199,14 +297,32 @@ class Searcher:
             raise ProductNotFound(f"no product with id '{missing[0]}' (given as a negative example)")
         positive = mean_direction(stored[product_id].image_vectors)
         negatives = [mean_direction(stored[pid].image_vectors) for pid in negative_ids]
-        filters = SearchFilters(filters.categories, filters.min_price, filters.max_price,
-                                (*filters.exclude_ids, product_id, *negative_ids))
+        filters = filters.but(exclude_ids=(*filters.exclude_ids, product_id, *negative_ids))
         hits = self.store.recommend([positive], negatives, filters, k)
         return [to_result(hit.product_id, hit.payload, hit.score, {"image": hit.score}, {"image": 1.0}) for hit in hits]
 
+    def attributes(self) -> dict[str, str]:
+        """The store's attributes (name -> 'keyword' or 'number'), read again when its size changes."""
+        count = self.store.count()
+        with self._lock:
+            if self._attributes is None or self._attributes[0] != count:
+                self._attributes = (count, self.store.attribute_indexes())
+            return self._attributes[1]
+
+    def attribute_filters(self, filters: SearchFilters, given: dict | None) -> SearchFilters:
+        """``filters`` and a request's attribute filters (``{"brand": ["A"], "rating": {"min": 4}}``)."""
+        if not given:
+            return filters
+        keywords, ranges = attribute_filters(given, self.attributes())
+        return filters.but(attributes=(*filters.attributes, *keywords), ranges=(*filters.ranges, *ranges))
+
     def facets(self, filters: SearchFilters = SearchFilters(), price_buckets: int = 8) -> dict:
-        """Counts per category and a price histogram under ``filters``."""
+        """Catalog-wide counts under ``filters``: per category, per keyword attribute's value, and a
+        price histogram."""
         categories = self.store.facet("category", filters, limit=500)
+        attributes = {name: self.store.facet(payload_key(name), filters, limit=500)
+                      for name, kind in self.attributes().items() if kind == "keyword"}
+        attributes = {name: counts for name, counts in attributes.items() if counts}  # none in this catalog
         total = self.store.count(filters)
         histogram = []
         if total:
@@ -215,12 +331,19 @@ class Searcher:
                 edges = np.linspace(low, high, price_buckets + 1) if high > low else np.array([low, high])
                 for i in range(len(edges) - 1):
                     upper = float(edges[i + 1])
-                    bucket = SearchFilters(filters.categories, float(edges[i]), upper)
-                    count = self.store.count(bucket)
+                    count = self.store.count(filters.but(min_price=float(edges[i]), max_price=upper))
                     if i > 0:  # bucket bounds are inclusive: do not count an edge price twice
-                        count -= self.store.count(SearchFilters(filters.categories, float(edges[i]), float(edges[i])))
+                        count -= self.store.count(filters.but(min_price=float(edges[i]), max_price=float(edges[i])))
                     histogram.append({"min": round(float(edges[i]), 2), "max": round(upper, 2), "count": count})
-        return {"total": total, "categories": categories, "price_histogram": histogram}
+        return {"total": total, "categories": categories, "attributes": attributes, "price_histogram": histogram}
+
+    def _query_facets(self, ranked: _Ranked, page: _Page) -> dict:
+        """The facets of a query: counts over its ranked products at or above the floor."""
+        payloads = [ranked.records[ranked.keys[i]].payload for i in page.relevant(ranked.fused)]
+        keywords = [name for name, kind in self.attributes().items() if kind == "keyword"]
+        categories = facet_counts([{"fields": {"category": p.get("category")}} for p in payloads], ["category"])
+        return {"total": len(payloads), "categories": categories["category"],
+                "attributes": facet_counts(payloads, keywords)}
 
     # --- internals --------------------------------------------------------------------------
     def _check_k(self, k: int) -> None:
@@ -253,32 +376,77 @@ class Searcher:
             scored = self.store.score(keys, list(plan.score.values()))
         return keys, dict(zip(plan.score, scored))
 
+    def _page(self, query: SearchQuery, pinned: bool = False) -> _Page:
+        """How deep this query ranks and what it keeps; raises InvalidQuery for a page out of range."""
+        sort = Sort.parse(query.sort)
+        floor = self.settings.relevance_floor if query.floor is None else query.floor
+        if not 0.0 <= floor <= 1.0:
+            raise InvalidQuery(f"floor must be between 0 and 1, got {floor}")
+        out_of_stock = OutOfStock.parse(query.out_of_stock or self.settings.out_of_stock)
+        grouped = not query.ungrouped
+        if query.offset is None and sort is Sort.relevance and not query.facets and not pinned:
+            # One list of k, not a page of a longer one: only what its top k needs is gathered.
+            candidates = max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES)
+            return _Page(sort, floor, 0, candidates, candidates, out_of_stock, grouped, paged=False)
+        depth, offset = self.settings.depth, query.offset or 0
+        if not 0 <= offset < depth:
+            raise InvalidQuery(f"offset {offset} is past the {depth} products a query ranks "
+                               "(SNAPSHOP_SEARCH__DEPTH)")
+        return _Page(sort, floor, offset, depth, depth, out_of_stock, grouped, paged=True)
+
+    def _add_variants(self, results: list[SearchResult]) -> None:
+        """Each result's variant family (itself included), for swatches: one store read per family field."""
+        families: dict[str, set[str]] = {}
+        for result in results:
+            family = family_of(result.payload)
+            if family is not None:
+                families.setdefault(family[0], set()).add(family[1])
+        members: dict[tuple[str, str], list] = {}
+        for name, values in families.items():
+            found = self.store.find(SearchFilters(attributes=((name, tuple(sorted(values))),)),
+                                    limit=MAX_VARIANTS * len(values))
+            for product in found:
+                members.setdefault(family_of(product.payload), []).append(product)
+        for result in results:
+            family = family_of(result.payload)
+            if family is not None and len(members.get(family, [])) > 1:
+                result.variants = [{"product_id": p.product_id, "payload": p.payload} for p in members[family]]
+
     def _rank(self, keys: list, scores: dict[str, dict], q: PreparedQuery, plan: SearchPlan,
-              category_probs: dict, k: int) -> tuple[list[SearchResult], np.ndarray]:
-        """The ``k`` best candidates by fused score, each explained, and their evidence rows."""
-        # Only what ranking reads is fetched for every candidate; the winners' whole payload after.
-        records = self.store.records(keys, self.signals.ranking_fields, list(plan.record_vectors) or None)
+              category_probs: dict, rules: list[Rule]) -> _Ranked:
+        """Every candidate by fused score (moved by the rules that hide, boost or bury), best first,
+        with the payload fields ranking, sorting and the rules read."""
+        fields = list(dict.fromkeys([*self.signals.ranking_fields, *PAGE_FIELDS,
+                                     *(payload_key(name) for name in {*self.attributes(), *rule_fields(rules)})]))
+        records = self.store.records(keys, fields, list(plan.record_vectors) or None)
         keys = [key for key in keys if key in records]  # a product deleted meanwhile is left out
         if not keys:
-            return [], np.zeros((0, len(self.signals)))
+            return _Ranked([], np.zeros(0), np.zeros((0, len(self.signals))), {})
         candidates = Candidates(keys, [records[key].payload for key in keys], records, scores, plan.score, q,
                                 self._background_sample(), category_probs)
         matrix = self._evidence(candidates, plan)
-        order = np.argsort(-fused_scores(matrix, q.weights), kind="stable")[:k]
-        payloads = self.store.records([keys[i] for i in order])
+        fused = fused_scores(matrix, q.weights)
+        kept, fused, notes = adjust(keys, [records[key] for key in keys], fused, rules)
+        order = sorted(kept, key=lambda i: -fused[i])  # stable: ties keep the candidates' order
+        return _Ranked([keys[i] for i in order], fused[order], matrix[order], records,
+                       {keys[i]: notes[i] for i in order if notes.get(i)})
+
+    def _results(self, ranked: _Ranked, positions: list[int],
+                 weights) -> tuple[list[SearchResult], np.ndarray]:
+        """The products at ``positions`` of the ranking, in that order, each explained, and their
+        evidence rows (results x SIGNALS)."""
+        payloads = self.store.records([ranked.keys[i] for i in positions])
         results, rows = [], []
-        for i in order:
-            if keys[i] in payloads:
+        for i in positions:
+            if ranked.keys[i] in payloads:
                 rows.append(i)
-                stored = payloads[keys[i]]
-                evidence = {name: float(value) for name, value in zip(self.signals.names, matrix[i])
-                            if not np.isnan(value)}
-                score, shares = fuse(evidence, q.weights)
+                stored = payloads[ranked.keys[i]]
+                evidence = {name: float(value) for name, value in zip(self.signals.names, ranked.matrix[i]) if not np.isnan(value)}
+                score, shares = fuse(evidence, weights)
                 signals = {name: squash(value) for name, value in evidence.items()}
                 results.append(to_result(stored.product_id, stored.payload, score, signals, shares))
-        # The same order, unless two scores tie (rounded): each evidence row stays with its result.
-        order = sorted(range(len(results)), key=lambda j: results[j].score, reverse=True)
-        return [results[j] for j in order], matrix[[rows[j] for j in order]]
+                results[-1].rules = ranked.notes.get(ranked.keys[i], [])
+        return results, ranked.matrix[rows] if rows else np.zeros((0, len(self.signals)))
 
     def _evidence(self, candidates: Candidates, plan: SearchPlan) -> np.ndarray:
         """Each signal's evidence for each candidate, (candidates, signals), in standard deviations
@@ -364,3 +532,4 @@ def to_result(product_id: str, payload: dict, score: float, signals: dict[str, f
         signals={k: round(v, 4) for k, v in signals.items()},
         explanation={k: round(v, 4) for k, v in shares.items()},
     )
+

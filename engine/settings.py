@@ -72,6 +72,14 @@ class IngestSettings(BaseModel):
         description="The most of the store --prune may delete without --force (an empty or cut-short catalog "
         "would otherwise empty it).",
     )
+    attributes: dict[str, Literal["keyword", "number"]] = Field(
+        default_factory=dict, description="Catalog columns to filter by, as JSON: {\"brand\": \"keyword\", "
+        "\"rating\": \"number\"}. Keyword ones are filtered any-of and counted as facets, numbers by range.",
+    )
+    detect_attributes: bool = Field(
+        True, description="Also make attributes of the columns that look like them: numbers, and short texts "
+        "whose values repeat (at most 200 of them), such as brand, colour, size, season.",
+    )
 
 
 class SearchSettings(BaseModel):
@@ -91,6 +99,20 @@ class SearchSettings(BaseModel):
     nothing_close: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Below this calibrated photo match of the best result, answers say 'nothing close'.",
+    )
+    relevance_floor: float = Field(
+        0.35, ge=0.0, le=1.0,
+        description="A sorted list (price, newest, popularity) and the facets of a query hold the products "
+        "whose fused score is at least this; per request it can be overridden (see docs/search-page.md).",
+    )
+    out_of_stock: Literal["hide", "demote", "show"] = Field(
+        "hide", description="Products out of stock (availability out_of_stock, or stock 0): hidden, demoted "
+        "after every product in stock, or shown as ranked; per request it can be overridden.",
+    )
+    depth: int = Field(
+        1000, ge=10, le=10_000,
+        description="Products one query ranks when it is paged or sorted: every page is cut from this one "
+        "list, so page 2 follows page 1 exactly (1000: more than 20 pages of 48).",
     )
 
     @field_validator("weights")
@@ -141,6 +163,18 @@ class ApiSettings(BaseModel):
         Path("var/images"), description="Folder that relative image paths in API upserts are read from.",
     )
     search_threads: int = Field(4, ge=1, le=64, description="Searches encoded at the same time.")
+    public_reads: bool = Field(
+        True, description="Searches, facets and product reads need no key. False: they need read_key (or the "
+        "write key), for a storefront that searches from its own backend.",
+    )
+    read_key: SecretStr | None = Field(
+        None, description="A read-only key (X-API-Key or Authorization: Bearer) for searches and product reads "
+        "when public_reads is false; it cannot write.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Web origins whose pages may call the API from a browser, e.g. "
+        "[\"https://shop.example\"]; empty: none (same-origin pages only).",
+    )
     host: str = Field("127.0.0.1", description="Address `snapshop serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `snapshop serve` listens on.")
 

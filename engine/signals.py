@@ -14,7 +14,6 @@ Searcher of its own, ``SIGNALS.with_signal(...)``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from engine.ranking import Background, bm25_share, bounded, price_closeness
+from engine.sorting import POPULARITY_FIELDS, popularity_of
 from engine.store.base import (
     BM25_VECTOR,
     CAPTION_VECTOR,
@@ -35,7 +35,6 @@ from engine.store.base import (
 # Whether a signal's search on its stored vector brings candidates: always, only when the query
 # has no photo, or never (it only scores the candidates other signals found).
 Gathers = Literal["always", "without_photo", "never"]
-POPULARITY_FIELDS = ("popularity", "sales", "rating")
 
 
 @dataclass
@@ -188,22 +187,8 @@ def price_fit(signal: Signal, c: Candidates) -> np.ndarray | None:
 
 
 def popularity_evidence(signal: Signal, c: Candidates) -> np.ndarray:
-    values = [popularity(p) for p in c.payloads]
+    values = [popularity_of(p) for p in c.payloads]
     return np.array([bounded(v) if v is not None else np.nan for v in values], dtype=np.float64)
-
-
-def popularity(payload: dict) -> float | None:
-    """A catalog's popularity, sales or rating field on [0, 1]; None when it has none."""
-    fields = payload.get("fields") or {}
-    for name in POPULARITY_FIELDS:
-        value = fields.get(name, payload.get(name))
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(number) and number >= 0:
-            return number / (number + 10.0) if name != "rating" else min(number / 5.0, 1.0)
-    return None
 
 
 def history_likeness(signal: Signal, c: Candidates) -> np.ndarray | None:

@@ -43,6 +43,16 @@ from engine.records import (
     check_price,
     check_title,
 )
+from ingest.feeds import (
+    MERCHANT_ATTRIBUTES,
+    SHOPIFY_ATTRIBUTES,
+    is_merchant_feed,
+    is_shopify_export,
+    merchant_records,
+    option_names,
+    read_merchant_xml,
+    shopify_records,
+)
 
 ID_COLUMNS = ("id", "product_id", "sku")
 TITLE_COLUMNS = ("title", "name", "product_name")
@@ -73,6 +83,8 @@ class Catalog:
     path: Path
     rows: list[ProductRow]
     errors: list[CatalogRowError]
+    # Attributes the file's format declares (a feed's brand, color, size...), name -> kind.
+    attributes: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -86,6 +98,7 @@ class _Table:
     columns: list[str]
     records: list[tuple[int, dict]]
     errors: list[CatalogRowError]
+    attributes: dict[str, str] = field(default_factory=dict)  # declared by the file's format
 
 
 def read_catalog(path: Path | str) -> Catalog:
@@ -93,7 +106,7 @@ def read_catalog(path: Path | str) -> Catalog:
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalog '{path}' not found")
-    table = _read_table(path)
+    table = _as_catalog(_read_table(path))
     columns = _columns(pd.DataFrame(columns=table.columns), path)
     _require_product_columns(columns, table.columns, path)
     rows: list[ProductRow] = []
@@ -112,7 +125,8 @@ def read_catalog(path: Path | str) -> Catalog:
         seen[product.product_id] = row_number
         rows.append(product)
     errors.sort(key=lambda e: e.row)
-    return Catalog(path, rows, errors)
+    present = {name for row in rows for name in row.fields}
+    return Catalog(path, rows, errors, {n: kind for n, kind in table.attributes.items() if n in present})
 
 
 def catalog_from_records(records: list[dict], base_dir: Path) -> Catalog:
@@ -159,7 +173,24 @@ def _read_table(path: Path) -> _Table:
         return _read_json(path)
     if suffix in (".parquet", ".pq"):
         return _read_parquet(path)
-    raise CatalogError(f"catalog '{path}': unknown format '{path.suffix}'; use .csv, .tsv, .jsonl or .parquet")
+    if suffix in (".xml", ".rss", ".xml.gz"):
+        return _Table(*read_merchant_xml(path, _read_text(path)), [])
+    raise CatalogError(f"catalog '{path}': unknown format '{path.suffix}'; use .csv, .tsv, .jsonl, .parquet "
+                       "or a Merchant Center .xml feed")
+
+
+def _as_catalog(table: _Table) -> _Table:
+    """A shop's feed (Merchant Center, Shopify export) as catalog records; other tables as they are."""
+    if is_merchant_feed(table.columns):
+        records, errors = merchant_records(table.records)
+        attributes = MERCHANT_ATTRIBUTES
+    elif is_shopify_export(table.columns):
+        records, errors = shopify_records(table.records)
+        attributes = {**SHOPIFY_ATTRIBUTES, **{name: "keyword" for name in option_names(table.records)}}
+    else:
+        return table
+    columns = list(dict.fromkeys(name for _, record in records for name in record)) or ["id", "title", "images"]
+    return _Table(columns, records, table.errors + errors, attributes)
 
 
 def _read_text(path: Path) -> str:

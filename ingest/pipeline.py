@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from engine.attributes import detect_attributes, typed_fields
 from engine.encoder import Encoder
 from engine.errors import InvalidImage, PruneRefused
 from engine.fetch import fetch_url
@@ -147,6 +148,15 @@ def _digest(parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def catalog_attributes(catalog: Catalog, settings: IngestSettings) -> dict[str, str]:
+    """The catalog's attributes to index: those its format and the settings declare, and the
+    detected ones unless detection is switched off."""
+    declared = {**catalog.attributes, **settings.attributes}
+    if not settings.detect_attributes:
+        return declared
+    return detect_attributes((row.fields for row in catalog.rows), declared)
+
+
 def payload_of(row: ProductRow, c_hash: str, m_hash: str, model_tag: str, loader: ImageLoader) -> ProductPayload:
     return new_payload(row.product_id, row.title, row.price, row.category, row.images,
                        [loader.locate(source) for source in row.images], row.fields, c_hash, m_hash, model_tag)
@@ -182,6 +192,9 @@ def ingest_catalog(
     if prune:
         summary.pruned = _to_prune(catalog, stored, summary)
         _check_prune_share(len(summary.pruned), len(stored), settings.prune_max_share, force, dry_run, summary)
+    attributes = {**catalog_attributes(catalog, settings), **store.attribute_indexes()}
+    for row in catalog.rows:  # numbers a CSV read as text become numbers before they are hashed
+        row.fields = typed_fields(row.fields, attributes)
     to_embed = _plan(catalog, stored, loader, encoder, products, summary, dry_run)
     if dry_run:
         summary.added = sum(row.product_id not in stored for row, *_ in to_embed)
@@ -192,6 +205,7 @@ def ingest_catalog(
     summary.seconds["plan"] = time.perf_counter() - started
     _embed_and_store(to_embed, stored, loader, encoder, products, settings, summary, progress, on_batch)
     t = time.perf_counter()
+    store.index_attributes(attributes)
     store.optimize()
     summary.seconds["index"] = time.perf_counter() - t
     summary.seconds["total"] = time.perf_counter() - started

@@ -153,6 +153,13 @@ def search(
     mix: Annotated[Optional[float], typer.Option(help="Text's share in photo+text queries (0..1).")] = None,
     weight: Annotated[Optional[list[str]], typer.Option(
         help=f"Ranker weight override NAME=VALUE, repeatable ({SIGNALS.help_text()}).")] = None,
+    sort: Annotated[str, typer.Option(help="relevance, price_asc, price_desc, newest or popularity (sorted: the "
+                                            "products above the relevance floor).")] = "relevance",
+    offset: Annotated[Optional[int], typer.Option(help="Skip this many products (pages of --k).")] = None,
+    floor: Annotated[Optional[float], typer.Option(help="Relevance floor of a sorted list (0..1).")] = None,
+    attributes: Annotated[Optional[str], typer.Option(
+        help='Attribute filters as JSON, e.g. \'{"colour": ["Black"], "year": {"min": 2015}}\'.')] = None,
+    out_of_stock: Annotated[Optional[str], typer.Option(help="hide, demote or show out-of-stock products.")] = None,
     explain: Annotated[bool, typer.Option(help="Show each signal's share of the score.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     store: StoreOpt = None,
@@ -173,11 +180,16 @@ def search(
     with open_store(settings.store, encoder.info) as vector_store:
         if vector_store.count() == 0:
             fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
-        response = Searcher(encoder, vector_store, settings.search).search(
-            SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights))
+        searcher = Searcher(encoder, vector_store, settings.search)
+        filters = searcher.attribute_filters(filters, _parse_json_object(attributes, "--attributes"))
+        response = searcher.search(
+            SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights,
+                        sort=sort, offset=offset, floor=floor, out_of_stock=out_of_stock))
     if as_json:
-        typer.echo(json.dumps({"nothing_close": response.nothing_close,
-                               "data": [{k_: v for k_, v in r.__dict__.items() if k_ != "payload"}
+        typer.echo(json.dumps({"nothing_close": response.nothing_close, "total": response.total,
+                               "offset": response.offset,
+                               "data": [{**{k_: v for k_, v in r.__dict__.items() if k_ not in ("payload", "variants")},
+                                         "variants": [v["product_id"] for v in r.variants]}
                                         for r in response.results]}, indent=2))
         return
     if not response.results:
@@ -191,6 +203,20 @@ def search(
         typer.echo(f"{r.product_id:>10}  {r.score:6.3f}  {price:>8}  {(r.category or '-')[:16]:<16} {r.title}")
         if explain:
             typer.echo(" " * 12 + "  ".join(f"{name} {share:.0%}" for name, share in r.explanation.items()))
+
+
+def _parse_json_object(text: str | None, option: str) -> dict | None:
+    from engine.errors import InvalidQuery
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InvalidQuery(f"{option} wants a JSON object: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidQuery(f"{option} wants a JSON object, got {text[:60]}")
+    return value
 
 
 def _parse_weights(pairs: list[str]) -> dict[str, float] | None:

@@ -114,7 +114,8 @@ def test_text_search_finds_the_kind_of_product_described(client):
     assert body["count"] == len(body["data"]) == 5
     assert sum(hit["category"] == "Watches" for hit in body["data"]) >= 4
     hit = body["data"][0]
-    assert set(hit) == {"id", "title", "price", "category", "images", "score", "signals", "explanation"}
+    assert set(hit) == {"id", "title", "price", "category", "images", "score", "signals", "explanation", "in_stock",
+                        "attributes", "variants", "rules"}
     assert hit["images"] == [f"http://testserver/images/{hit['id']}/0"]
     assert hit["signals"] and abs(sum(hit["explanation"].values()) - 1) < 1e-3
 
@@ -441,12 +442,14 @@ def test_patch_changes_price_category_and_stock_without_re_embedding(client, ext
     assert body["fields"]["colour"] == extra_product["colour"]  # other fields are kept
     after = store.get([product_id], with_vectors=True)[product_id].image_vectors
     assert (after == vectors_before).all()
-    hits = client.post("/search", data={"text": "flip flops", "category": "Sale", "max_price": "13"}).json()["data"]
-    assert [hit["id"] for hit in hits] == [product_id]
+    data = {"text": "flip flops", "category": "Sale", "max_price": "13"}
+    assert client.post("/search", data=data).json()["data"] == []  # stock 0: hidden by default
+    hits = client.post("/search", data={**data, "out_of_stock": "show"}).json()["data"]
+    assert [(hit["id"], hit["in_stock"]) for hit in hits] == [(product_id, False)]
 
 
 @pytest.mark.parametrize("body, status, detail", [
-    ({}, 422, "Value error, give at least one of price, category, stock"),
+    ({}, 422, "Value error, give at least one of price, category, stock, availability"),
     ({"price": -1}, 422, "Value error, price -1 must be a finite number >= 0"),
     ({"colour": "red"}, 422, "Extra inputs are not permitted"),
     ({"stock": 1.5}, 422, "Value error, stock 1.5 is not a whole number"),

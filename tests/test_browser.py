@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 
 from api.app import create_app
-from engine.settings import ApiSettings, IngestSettings, Settings, StoreSettings
+from engine.settings import DEV_API_KEY, ApiSettings, IngestSettings, Settings, StoreSettings
 from engine.store import open_store
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog
@@ -159,3 +159,66 @@ def test_the_merchandiser_tunes_weights_live_and_sees_explanations(server, page)
 def signals_shown(page) -> set[str]:
     """The signals drawn in the explanation bars of every card."""
     return set(page.locator("#results .card .bar span").evaluate_all("parts => parts.map(p => p.dataset.signal)"))
+
+
+def card_ids(page) -> list[str]:
+    return page.locator("#results .card").evaluate_all("cards => cards.map(card => card.dataset.id)")
+
+
+def test_a_shopper_reads_page_2_sorts_and_refines_by_a_facet(server, page):
+    open_page(page, server[0])
+    page.fill("#text-input", "black")
+    search_and_wait(page, lambda: page.press("#text-input", "Enter"))
+    first_page = card_ids(page)
+    assert len(first_page) == 24 and page.locator("#more").is_visible()
+    search_and_wait(page, lambda: page.click("#more"))  # page 2 joins page 1: nothing repeated
+    both = card_ids(page)
+    assert both[:24] == first_page and len(both) == len(set(both)) > 24
+    assert page.locator("#results").get_attribute("data-page") == "2"
+
+    search_and_wait(page, lambda: page.select_option("#sort", "price_asc"))
+    prices = shown_prices(page)
+    assert prices and prices == sorted(prices)
+    page.screenshot(path=str(ARTIFACTS / "shopper-sorted-with-facets.png"), full_page=True)
+
+    group = page.locator("#facets section").first
+    name = group.get_attribute("data-facet")
+    value = group.locator("button").first.get_attribute("data-value")
+    counted = int(group.locator("button small").first.inner_text())
+    search_and_wait(page, lambda: group.locator("button").first.click())
+    shown = page.locator("#results .card").evaluate_all(
+        f"cards => cards.map(card => JSON.parse(card.dataset.attributes)[{name!r}])")
+    assert shown and set(shown) == {value} and len(shown) <= counted
+    prices = shown_prices(page)
+    assert prices == sorted(prices)  # the sort stays while refining
+
+
+def test_facet_counts_change_with_the_query(server, page):
+    open_page(page, server[0])
+
+    def counts(text):
+        page.fill("#text-input", text)
+        search_and_wait(page, lambda: page.press("#text-input", "Enter"))
+        return page.locator("#facets button").evaluate_all(
+            "buttons => buttons.map(b => b.closest('section').dataset.facet + '=' + b.dataset.value + ':' + "
+            "b.querySelector('small').textContent)")
+
+    assert counts("analog wrist watch") != counts("blue denim jeans")
+
+
+def test_the_merchandiser_previews_saves_and_deletes_a_rule(server, page):
+    open_page(page, f"{server[0]}/merchandiser")
+    page.fill("#text-input", "black")
+    search_and_wait(page, lambda: page.press("#text-input", "Enter"))
+    first = card_ids(page)[0]
+    page.fill("#rules-key", DEV_API_KEY)
+    search_and_wait(page, lambda: page.dispatch_event("#rules-key", "change"))
+    page.select_option("#rule-action", "hide")
+    search_and_wait(page, lambda: page.fill("#rule-product", first))  # previewed live, not saved
+    assert first not in card_ids(page)
+    assert page.locator("#rule-list li").count() == 0
+    search_and_wait(page, lambda: page.click("#rule-save"))
+    assert page.locator("#rule-list li").count() == 1 and first not in card_ids(page)
+    page.screenshot(path=str(ARTIFACTS / "merchandiser-rules.png"), full_page=True)
+    search_and_wait(page, lambda: page.click("#rule-list li button"))
+    assert page.locator("#rule-list li").count() == 0 and card_ids(page)[0] == first

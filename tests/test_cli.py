@@ -57,6 +57,23 @@ def test_search_by_photo_with_a_price_filter(demo_store):
     assert all(price - 1 <= h["price"] <= price + 500 for h in hits)
 
 
+def test_search_sorted_by_price_with_attribute_filters(demo_store):
+    folder, _ = demo_store
+    result = snapshop("search", "--text", "casual shoes", "--sort", "price_asc", "--k", "20", "--attributes",
+                      '{"gender": ["Men"], "year": {"min": 2010}}', "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    prices = [h["price"] for h in body["data"]]
+    assert prices and prices == sorted(prices) and body["total"] >= len(prices)
+    import csv
+
+    rows = {r["id"]: r for r in csv.DictReader(open(REPO / "demo" / "catalog.csv"))}
+    assert all(rows[h["product_id"]]["gender"] == "Men" and int(rows[h["product_id"]]["year"]) >= 2010
+               for h in body["data"])
+    bad = snapshop("search", "--text", "shoes", "--attributes", '{"brand": ["X"]}', cwd=folder)
+    assert bad.returncode == 2 and "unknown attribute 'brand'" in bad.stderr
+
+
 def test_errors_are_one_clear_line_and_a_nonzero_exit(demo_store, tmp_path):
     folder, _ = demo_store
     result = snapshop("search", "--text", "shirt", "--min-price", "50", "--max-price", "10", cwd=folder)

@@ -176,7 +176,8 @@ def test_graphs_are_built_only_where_search_walks_them(settings):
             vectors = json.loads((shard / "edge_config.json").read_text())["vectors"]
             fields = json.loads(next(shard.glob("segments/*/payload_index/config.json")).read_text())["indexed_fields"]
             assert {name: field["enable_hnsw"] for name, field in fields.items()} == \
-                {"category": True, "price": False, "product_id": False}
+                {"category": True, "price": False, "product_id": False, "fields.availability": False,
+                 "fields.stock": False}
             graphs = {name: (params.get("hnsw_config") or {}).get("m", 16) for name, params in vectors.items()}
         else:
             params = store.client.get_collection(store.collection).config.params.vectors

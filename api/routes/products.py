@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 
-from api.deps import RequireApiKey, RuntimeDep
+from api.deps import RequireApiKey, RequireReadAccess, RuntimeDep
 from api.ids import ProductIdPath
 from api.schemas import (
     DeleteRequest,
@@ -39,19 +39,20 @@ router = APIRouter(prefix="/products", tags=["products"])
 WRITE_ERRORS = error_responses(401, 403, 422)
 
 
-@router.get("/{product_id}", summary="One product", responses=error_responses(404))
+@router.get("/{product_id}", summary="One product", responses=error_responses(404),
+            dependencies=[RequireReadAccess])
 async def get_product(product_id: ProductIdPath, request: Request, runtime: RuntimeDep) -> Product:
     return to_product(await runtime.run(runtime.products.get, product_id), request)
 
 
-@router.get("/{product_id}/similar", summary="Products that look like this one",
+@router.get("/{product_id}/similar", summary="Products that look like this one", dependencies=[RequireReadAccess],
             responses=error_responses(404, 422))
 async def similar_products(
     product_id: ProductIdPath, request: Request, runtime: RuntimeDep, params: Annotated[SimilarParams, Query()],
 ) -> SimilarResults:
     results = await runtime.run(runtime.searcher.similar, product_id, params.k, params.filters(),
                                 tuple(params.negative))
-    hits = [to_hit(result, request) for result in results]
+    hits = [to_hit(result, request, runtime.searcher.attributes()) for result in results]
     return SimilarResults(data=hits, count=len(hits))
 
 
@@ -93,7 +94,7 @@ def _upsert_summary(summary: IngestSummary, catalog: Catalog) -> UpsertSummary:
     )
 
 
-@router.patch("/{product_id}", summary="Change price, category or stock without re-embedding",
+@router.patch("/{product_id}", summary="Change price, category, stock or availability without re-embedding",
               dependencies=[RequireApiKey], responses=error_responses(401, 403, 404, 422))
 async def update_product(product_id: ProductIdPath, patch: ProductPatch, request: Request, runtime: RuntimeDep) -> Product:
     async with runtime.write_lock:  # read-modify-write of the payload: no other write in between

@@ -10,8 +10,10 @@ const PALETTE = ["#e4572e", "#5c8001", "#f3a712", "#29335c", "#669bbc", "#2a9d8f
 const LIVE_DELAY_MS = 250;
 
 const $ = (selector) => document.querySelector(selector);
+const PAGE_SIZE = 24;
 const state = {
   photo: null, categories: new Set(), defaults: null, weights: {}, mix: 0.5,
+  attributes: new Map(), next: null, rules: { rules: [], synonyms: [] }, // attribute name -> Set of chosen values; the next page's offset
   merchandiser: location.pathname.startsWith("/merchandiser"), inflight: null, timer: null,
 };
 const priceFormat = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
@@ -30,7 +32,7 @@ function reasonOf(body, response) {
   return detail || `${response.status} ${response.statusText}`;
 }
 
-function searchForm() {
+function searchForm(offset = 0) {
   const form = new FormData();
   const text = $("#text-input").value.trim();
   if (text) form.append("text", text);
@@ -39,7 +41,16 @@ function searchForm() {
   const min = $("#min-price").value, max = $("#max-price").value;
   if (min !== "") form.append("min_price", min);
   if (max !== "") form.append("max_price", max);
-  form.append("k", "24");
+  form.append("k", String(PAGE_SIZE));
+  form.append("offset", String(offset));
+  form.append("sort", $("#sort").value);
+  if (offset === 0) form.append("facets", "true");  // the counts follow the query, not the page
+  const chosen = [...state.attributes].filter(([, values]) => values.size);
+  if (chosen.length) form.append("attributes", JSON.stringify(Object.fromEntries(chosen.map(([n, v]) => [n, [...v]]))));
+  const draft = state.merchandiser ? draftRule() : null;
+  if (draft && state.rules) {  // live preview: the stored rules and the one being written, nothing saved
+    form.append("merchandising", JSON.stringify({ ...state.rules, rules: [...state.rules.rules, draft] }));
+  }
   if (state.defaults) {
     form.append("photo_text_mix", String(state.mix));
     form.append("weights", JSON.stringify(state.weights));
@@ -64,7 +75,10 @@ async function runSearch() {
   try {
     const body = await api("/search", { method: "POST", body: searchForm(), signal: controller.signal });
     renderResults(results, body.data);
+    renderFacets(body.facets);
+    showMore(body);
     setStatus(summary(body), body.nothing_close && body.count ? "warn" : "");
+    results.dataset.page = "1";
     results.dataset.status = "ready";
   } catch (error) {
     if (error.name === "AbortError") return;
@@ -76,9 +90,35 @@ async function runSearch() {
   }
 }
 
+async function loadMore() {
+  const results = $("#results");
+  if (state.next == null || state.inflight) return;
+  const controller = new AbortController();
+  state.inflight = controller;
+  results.dataset.status = "loading";
+  try {
+    const body = await api("/search", { method: "POST", body: searchForm(state.next), signal: controller.signal });
+    results.append(...body.data.map(card));
+    showMore(body);
+    results.dataset.page = String(Number(results.dataset.page || "1") + 1);
+    results.dataset.status = "ready";
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    setStatus(error.message, "error");
+    results.dataset.status = "error";
+  } finally {
+    if (state.inflight === controller) state.inflight = null;
+  }
+}
+
+function showMore(body) {
+  state.next = body.next_offset;
+  $("#more").hidden = body.next_offset == null;
+}
+
 function summary(body) {
   if (!body.count) return "No products match these filters.";
-  const found = `${body.count} product${body.count === 1 ? "" : "s"}`;
+  const found = body.total > body.count ? `${body.total} products` : `${body.count} product${body.count === 1 ? "" : "s"}`;
   return body.nothing_close ? `${found} — nothing very close; these are the nearest.` : found;
 }
 
@@ -104,6 +144,12 @@ function card(product) {
   const node = $("#card-template").content.firstElementChild.cloneNode(true);
   node.dataset.id = product.id;
   node.dataset.price = product.price ?? "";
+  node.dataset.attributes = JSON.stringify(product.attributes || {});
+  if (product.in_stock === false) {
+    const out = Object.assign(document.createElement("span"), { className: "stock", textContent: "out of stock" });
+    node.querySelector(".meta").append(out);
+  }
+  fillSwatches(node.querySelector(".swatches"), product);
   const image = node.querySelector("img");
   if (product.images.length) image.src = product.images[0];
   image.alt = product.title;
@@ -113,6 +159,10 @@ function card(product) {
     product.price == null ? "" : priceFormat.format(product.price);
   node.querySelector(".category").textContent = product.category || "";
   fillExplanation(node.querySelector(".explain"), product);
+  if (state.merchandiser && product.rules && product.rules.length) {
+    const note = Object.assign(document.createElement("div"), { className: "rules-note", textContent: product.rules.join("; ") });
+    node.querySelector(".info").append(note);
+  }
   node.addEventListener("click", () => openSimilar(product));
   node.addEventListener("keydown", (event) => { if (event.key === "Enter") openSimilar(product); });
   return node;
@@ -132,6 +182,49 @@ function fillExplanation(explain, product) {
     return part;
   }));
   explain.querySelector(".score").textContent = product.score.toFixed(3);
+}
+
+function fillSwatches(container, product) {
+  const variants = product.variants || [];
+  container.hidden = variants.length < 2;
+  container.replaceChildren(...variants.map((variant) => {
+    const swatch = document.createElement("img");
+    swatch.src = variant.image || "";
+    swatch.alt = swatch.title = variant.label || variant.id;
+    swatch.dataset.variant = variant.id;
+    return swatch;
+  }));
+}
+
+// --- facets that follow the query ------------------------------------------------------------------
+function renderFacets(facets) {
+  const container = $("#facets");
+  if (!facets) { container.replaceChildren(); return; }
+  const groups = facets.attributes.filter((facet) => facet.values.length > 1 || state.attributes.get(facet.name)?.size);
+  container.replaceChildren(...groups.map((facet) => {
+    const group = document.createElement("section");
+    group.dataset.facet = facet.name;
+    const heading = Object.assign(document.createElement("h3"), { textContent: facet.name.replaceAll("_", " ") });
+    group.append(heading, ...facet.values.slice(0, 12).map(({ value, count }) => facetButton(facet.name, value, count)));
+    return group;
+  }));
+}
+
+function facetButton(name, value, count) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.dataset.value = value;
+  const chosen = state.attributes.get(name);
+  button.setAttribute("aria-pressed", String(Boolean(chosen && chosen.has(value))));
+  const small = Object.assign(document.createElement("small"), { textContent: count });
+  button.append(value, small);
+  button.addEventListener("click", () => {
+    const values = state.attributes.get(name) || new Set();
+    if (values.has(value)) values.delete(value); else values.add(value);
+    state.attributes.set(name, values);
+    runSearch();
+  });
+  return button;
 }
 
 // --- similar products ------------------------------------------------------------------------------
@@ -236,8 +329,11 @@ function categoryChip({ name, count }) {
 function wireFilters() {
   $("#search-form").addEventListener("submit", (event) => { event.preventDefault(); runSearch(); });
   for (const id of ["#min-price", "#max-price"]) $(id).addEventListener("change", runSearch);
+  $("#sort").addEventListener("change", runSearch);
+  $("#more").addEventListener("click", loadMore);
   $("#clear-filters").addEventListener("click", () => {
     state.categories.clear();
+    state.attributes.clear();
     for (const chip of document.querySelectorAll(".chip")) chip.setAttribute("aria-pressed", "false");
     $("#min-price").value = "";
     $("#max-price").value = "";
@@ -341,9 +437,75 @@ function wireMerchandiser() {
   });
 }
 
+// --- merchandising rules ------------------------------------------------------------------------------
+function draftRule() {
+  const value = (id) => $(id).value.trim();
+  const rule = { action: $("#rule-action").value, amount: Number($("#rule-amount").value || "0.2") };
+  for (const [field, id] of [["query", "#rule-query"], ["category", "#rule-category"],
+    ["product_id", "#rule-product"], ["attribute", "#rule-attribute"], ["value", "#rule-value"]]) {
+    if (value(id)) rule[field] = value(id);
+  }
+  if (value("#rule-position")) rule.position = Number(value("#rule-position"));
+  const complete = rule.action === "pin" ? rule.product_id && rule.position
+    : rule.action === "hide" ? rule.product_id || (rule.attribute && rule.value) : rule.attribute && rule.value;
+  return complete ? rule : null;
+}
+
+async function loadRules() {
+  const key = $("#rules-key").value.trim();
+  if (!key) { state.rules = { rules: [], synonyms: [] }; return; }
+  try {
+    state.rules = await api("/merchandising", { headers: { "X-API-Key": key } });
+    $("#rule-list").replaceChildren(...state.rules.rules.map(ruleItem));
+    $("#rule-status").textContent = `${state.rules.rules.length} rule(s) stored.`;
+  } catch (error) {
+    $("#rule-status").textContent = `Rules could not be loaded: ${error.message}`;
+  }
+}
+
+function ruleItem(rule) {
+  const item = document.createElement("li");
+  item.dataset.rule = rule.id;
+  const where = [rule.query && `query “${rule.query}”`, rule.category && `category ${rule.category}`].filter(Boolean);
+  const what = rule.attribute ? `${rule.attribute} = ${rule.value}` : `product ${rule.product_id}`;
+  item.append(`${rule.action} ${what}${rule.action === "pin" ? ` at ${rule.position}` : ""}` +
+    (where.length ? ` for ${where.join(", ")}` : ""));
+  const remove = Object.assign(document.createElement("button"), { type: "button", className: "link", textContent: "delete" });
+  remove.addEventListener("click", async () => {
+    await api(`/rules/${encodeURIComponent(rule.id)}`, { method: "DELETE", headers: { "X-API-Key": $("#rules-key").value.trim() } })
+      .catch((error) => { $("#rule-status").textContent = error.message; });
+    await loadRules();
+    runSearch();
+  });
+  item.append(remove);
+  return item;
+}
+
+async function saveRule(event) {
+  event.preventDefault();
+  const rule = draftRule();
+  if (!rule) { $("#rule-status").textContent = "Fill in what the rule needs first."; return; }
+  try {
+    await api("/rules", { method: "POST", body: JSON.stringify(rule),
+      headers: { "Content-Type": "application/json", "X-API-Key": $("#rules-key").value.trim() } });
+    $("#rule-form").reset();
+    await loadRules();
+    runSearch();
+  } catch (error) {
+    $("#rule-status").textContent = `Not saved: ${error.message}`;
+  }
+}
+
+function wireRules() {
+  $("#rule-form").addEventListener("submit", saveRule);
+  $("#rule-form").addEventListener("input", searchSoon);
+  $("#rules-key").addEventListener("change", () => loadRules().then(runSearch));
+}
+
 // --- start -----------------------------------------------------------------------------------------------
 wirePhotoInput();
 wireFilters();
 wireMerchandiser();
+wireRules();
 showMerchandiser(state.merchandiser);
 Promise.all([loadFacets(), loadDefaults()]).then(() => { document.body.dataset.ready = "true"; });

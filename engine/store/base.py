@@ -12,7 +12,7 @@ import hashlib
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -30,8 +30,8 @@ SENTENCE_DIM = 384
 _ID_NAMESPACE = uuid.UUID("6f1c3c8e-6a57-4d39-9b6e-2f5a3a1f0c42")
 
 # Payload fields with an index: filters on them stay fast at a million products.
-KEYWORD_FIELDS = ("category", "product_id")
-FLOAT_FIELDS = ("price",)
+KEYWORD_FIELDS = ("category", "product_id", "fields.availability")
+FLOAT_FIELDS = ("price", "fields.stock")
 # Fields whose values get HNSW links of their own (Qdrant's payload-aware graph), so a filter on
 # one category still walks a connected graph. Not the price: a float index splits the range into
 # blocks of a few thousand products and would build a graph per block, per vector, doubling the
@@ -152,6 +152,10 @@ class SearchFilters:
     min_price: float | None = None
     max_price: float | None = None
     exclude_ids: tuple[str, ...] = field(default=())
+    # Attributes (engine.attributes): any-of values per keyword attribute, (name, min, max) per number.
+    attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    ranges: tuple[tuple[str, float | None, float | None], ...] = ()
+    in_stock: bool = False  # leave out what is out of stock (engine.stock)
 
     def __post_init__(self):
         for name in ("min_price", "max_price"):
@@ -163,7 +167,12 @@ class SearchFilters:
 
     @property
     def empty(self) -> bool:
-        return not self.categories and self.min_price is None and self.max_price is None and not self.exclude_ids
+        return (not self.categories and self.min_price is None and self.max_price is None and not self.exclude_ids
+                and not self.attributes and not self.ranges and not self.in_stock)
+
+    def but(self, **changes) -> SearchFilters:
+        """These filters with some fields changed."""
+        return replace(self, **changes)
 
 
 class VectorStore(ABC):
@@ -231,11 +240,32 @@ class VectorStore(ABC):
     def count(self, filters: SearchFilters = SearchFilters()) -> int: ...
 
     @abstractmethod
+    def attribute_indexes(self) -> dict[str, str]:
+        """The attributes the store holds payload indexes for: name -> 'keyword' or 'number'."""
+
+    @abstractmethod
+    def index_attributes(self, kinds: dict[str, str]) -> None:
+        """Create the payload indexes of attributes (name -> 'keyword' or 'number') not indexed yet."""
+
+    @abstractmethod
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]: ...
 
     @abstractmethod
     def sample(self, size: int) -> list[StoredProduct]:
         """Up to ``size`` products with their vectors, spread over the catalog."""
+
+    @abstractmethod
+    def read_rules(self) -> dict:
+        """The merchandising document (rules, synonyms) kept with the products; {} when none."""
+
+    @abstractmethod
+    def write_rules(self, document: dict) -> None:
+        """Replace the merchandising document, durably (a crash leaves the old one or the new)."""
+
+    @abstractmethod
+    def find(self, filters: SearchFilters, limit: int = 1000) -> list[StoredProduct]:
+        """Up to ``limit`` products under ``filters`` with their payload, in id order (a variant
+        family's products, say)."""
 
     @abstractmethod
     def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:

@@ -29,10 +29,12 @@ from pathlib import Path
 import numpy as np
 import qdrant_edge as qe
 
+from engine.attributes import PAYLOAD_PREFIX, payload_key
 from engine.errors import StoreError, StoreUnavailable
 from engine.model_info import ModelInfo
 from engine.records import check_payload
 from engine.signals import SIGNALS
+from engine.stock import AVAILABILITY, OUT_OF_STOCK_VALUES, STOCK
 from engine.store.base import (
     BM25_VECTOR,
     CAPTION_VECTOR,
@@ -57,6 +59,9 @@ from engine.store.base import (
     stored_payload,
     vectors_of,
 )
+
+RULES_FILE = "merchandising.json"  # rules and synonyms (engine.rules), beside the shard
+_INDEX_KINDS = {"Keyword": "keyword", "Float": "number", "Integer": "number"}
 
 
 def _graph(m: int = 16) -> qe.HnswIndexConfig:
@@ -347,6 +352,24 @@ class EdgeStore(VectorStore):
         # asks for it (the ranker's caches are keyed by it).
         return self.shard.count(qe.CountRequest(filter=_filter(filters), exact=not filters.empty))
 
+    def attribute_indexes(self) -> dict[str, str]:
+        kinds = {}
+        for key, index in (self.shard.info().payload_schema or {}).items():
+            if key.startswith(PAYLOAD_PREFIX):
+                kind = _INDEX_KINDS.get(str(index.data_type).rsplit(".", 1)[-1])
+                if kind:
+                    kinds[key.removeprefix(PAYLOAD_PREFIX)] = kind
+        return kinds
+
+    def index_attributes(self, kinds: dict[str, str]) -> None:
+        missing = {name: kind for name, kind in kinds.items() if name not in self.attribute_indexes()}
+        with self._write_lock:
+            for name, kind in missing.items():
+                # No HNSW links per value (GRAPH_FIELDS says why): a filter walks the main graph.
+                params = (qe.KeywordIndexParams(enable_hnsw=False) if kind == "keyword"
+                          else qe.FloatIndexParams(enable_hnsw=False))
+                self.shard.update(qe.UpdateOperation.create_field_index(payload_key(name), params))
+
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
         response = self.shard.facet(qe.FacetRequest(key=key, limit=limit, exact=True, filter=_filter(filters)))
         return {str(hit.value): hit.count for hit in response.hits}
@@ -355,6 +378,25 @@ class EdgeStore(VectorStore):
         request = qe.QueryRequest(limit=size, query=qe.Sample.Random, with_payload=["product_id"], with_vector=True)
         return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector, self.layout))
                 for p in self.shard.query(request)]
+
+    def read_rules(self) -> dict:
+        path = self.dir / RULES_FILE
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise StoreError(f"{path} cannot be read ({e}); restore it from a backup, or remove it to start "
+                             "the rules again") from e
+
+    def write_rules(self, document: dict) -> None:
+        with self._write_lock:
+            _write_atomically(self.dir / RULES_FILE, json.dumps(document, indent=2))
+
+    def find(self, filters: SearchFilters, limit: int = 1000) -> list[StoredProduct]:
+        records, _ = self.shard.scroll(qe.ScrollRequest(limit=limit, filter=_filter(filters), with_payload=True,
+                                                        with_vector=False))
+        return [StoredProduct(r.payload["product_id"], dict(r.payload)) for r in records]
 
     def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         wanted = ["product_id", *fields] if fields is not None else True
@@ -405,4 +447,11 @@ def _filter(filters: SearchFilters) -> qe.Filter | None:
         must.append(qe.FieldCondition(key="price", range=qe.RangeFloat(gte=filters.min_price, lte=filters.max_price)))
     if filters.exclude_ids:
         must_not.append(qe.HasIdCondition({point_id(pid) for pid in filters.exclude_ids}))
+    for name, values in filters.attributes:
+        must.append(qe.FieldCondition(key=payload_key(name), match=qe.MatchAny(list(values))))
+    for name, low, high in filters.ranges:
+        must.append(qe.FieldCondition(key=payload_key(name), range=qe.RangeFloat(gte=low, lte=high)))
+    if filters.in_stock:
+        must_not.append(qe.FieldCondition(key=payload_key(AVAILABILITY), match=qe.MatchAny(list(OUT_OF_STOCK_VALUES))))
+        must_not.append(qe.FieldCondition(key=payload_key(STOCK), range=qe.RangeFloat(lte=0)))
     return qe.Filter(must=must or None, must_not=must_not or None)

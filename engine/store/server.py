@@ -12,10 +12,12 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from engine.attributes import PAYLOAD_PREFIX, payload_key
 from engine.errors import StoreError, StoreUnavailable
 from engine.model_info import ModelInfo
 from engine.records import check_payload
 from engine.signals import SIGNALS
+from engine.stock import AVAILABILITY, OUT_OF_STOCK_VALUES, STOCK
 from engine.store.base import (
     BM25_VECTOR,
     CAPTION_VECTOR,
@@ -56,6 +58,8 @@ def stored_record(url: str, collection: str, api_key: str | None = None, timeout
         raise StoreUnavailable(f"the Qdrant server at {url} does not answer: {str(e)[:200]}") from e
     finally:
         client.close()
+
+RULES_KEY = "merchandising"  # rules and synonyms (engine.rules), in the collection's metadata
 
 
 class ServerStore(VectorStore):
@@ -215,6 +219,22 @@ class ServerStore(VectorStore):
     def count(self, filters: SearchFilters = SearchFilters()) -> int:
         return self.client.count(self.collection, count_filter=_filter(filters), exact=True).count
 
+    def attribute_indexes(self) -> dict[str, str]:
+        schema = self.client.get_collection(self.collection).payload_schema or {}
+        kinds = {"keyword": "keyword", "float": "number", "integer": "number"}
+        return {key.removeprefix(PAYLOAD_PREFIX): kinds[str(info.data_type.value)]
+                for key, info in schema.items()
+                if key.startswith(PAYLOAD_PREFIX) and str(info.data_type.value) in kinds}
+
+    def index_attributes(self, kinds: dict[str, str]) -> None:
+        known = self.attribute_indexes()
+        for name, kind in kinds.items():
+            if name not in known:
+                # No HNSW links per value (GRAPH_FIELDS says why): a filter walks the main graph.
+                schema = (qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, enable_hnsw=False) if kind == "keyword"
+                          else qm.FloatIndexParams(type=qm.FloatIndexType.FLOAT, enable_hnsw=False))
+                self.client.create_payload_index(self.collection, payload_key(name), schema)
+
     def facet(self, key: str, filters: SearchFilters = SearchFilters(), limit: int = 100) -> dict[str, int]:
         try:
             response = self.client.facet(self.collection, key=key, facet_filter=_filter(filters), limit=limit, exact=True)
@@ -226,9 +246,11 @@ class ServerStore(VectorStore):
                 records, offset = self.client.scroll(self.collection, scroll_filter=_filter(filters), limit=1000,
                                                      offset=offset, with_payload=[key])
                 for record in records:
-                    value = record.payload.get(key)
-                    if value is not None:
-                        counts[str(value)] = counts.get(str(value), 0) + 1
+                    value = record.payload
+                    for part in key.split("."):  # a dotted key names a nested field
+                        value = value.get(part) if isinstance(value, dict) else None
+                    for item in set(value) if isinstance(value, list) else ([value] if value is not None else []):
+                        counts[str(item)] = counts.get(str(item), 0) + 1
                 if offset is None:
                     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
 
@@ -237,6 +259,20 @@ class ServerStore(VectorStore):
                                             limit=size, with_payload=["product_id"], with_vectors=True)
         return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector, self.layout))
                 for p in response.points]
+
+    def read_rules(self) -> dict:
+        metadata = self.client.get_collection(self.collection).config.metadata or {}
+        return dict(metadata.get(RULES_KEY) or {})
+
+    def write_rules(self, document: dict) -> None:
+        # Collection metadata is replicated with the collection, like the model record beside it.
+        metadata = dict(self.client.get_collection(self.collection).config.metadata or {})
+        self.client.update_collection(self.collection, metadata={**metadata, RULES_KEY: document})
+
+    def find(self, filters: SearchFilters, limit: int = 1000) -> list[StoredProduct]:
+        records, _ = self.client.scroll(self.collection, scroll_filter=_filter(filters), limit=limit,
+                                        with_payload=True, with_vectors=False)
+        return [StoredProduct(r.payload["product_id"], dict(r.payload)) for r in records]
 
     def scroll_ids(self, fields: list[str] | None = None, batch: int = 1000) -> Iterator[tuple[str, dict]]:
         wanted = ["product_id", *fields] if fields is not None else True
@@ -289,4 +325,11 @@ def _filter(filters: SearchFilters) -> qm.Filter | None:
         must.append(qm.FieldCondition(key="price", range=qm.Range(gte=filters.min_price, lte=filters.max_price)))
     if filters.exclude_ids:
         must_not.append(qm.HasIdCondition(has_id=[point_id(pid) for pid in filters.exclude_ids]))
+    for name, values in filters.attributes:
+        must.append(qm.FieldCondition(key=payload_key(name), match=qm.MatchAny(any=list(values))))
+    for name, low, high in filters.ranges:
+        must.append(qm.FieldCondition(key=payload_key(name), range=qm.Range(gte=low, lte=high)))
+    if filters.in_stock:
+        must_not.append(qm.FieldCondition(key=payload_key(AVAILABILITY), match=qm.MatchAny(any=list(OUT_OF_STOCK_VALUES))))
+        must_not.append(qm.FieldCondition(key=payload_key(STOCK), range=qm.Range(lte=0)))
     return qm.Filter(must=must or None, must_not=must_not or None)
