@@ -26,6 +26,8 @@ class StoreSettings(BaseModel):
         None, ge=1, description="Shards of a new server collection; a Qdrant cluster spreads them over its "
         "nodes. None: the server's default (one per node in a cluster).",
     )
+    backup_dir: Path | None = Field(None, description="Where `POST /admin/backup` writes backups of the "
+                                    "embedded store, a new folder each; None: beside the store, <path>-backups.")
     alias_poll_s: float = Field(
         2.0, gt=0, description="How often a server checks whether `snapshop reindex` switched its collection "
         "name to a new index (embedded store).",
@@ -38,6 +40,11 @@ class StoreSettings(BaseModel):
     @property
     def backend(self) -> Literal["edge", "server"]:
         return "server" if self.url else "edge"
+
+    @property
+    def backups(self) -> Path:
+        """The folder API backups go to."""
+        return self.backup_dir or self.path.with_name(self.path.name + "-backups")
 
 
 class ModelSettings(BaseModel):

@@ -3,13 +3,17 @@ searches with the same top 10 as the store that was backed up."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
+from api.app import create_app
 from engine.errors import StoreError
 from engine.search import Searcher, SearchQuery
-from engine.settings import StoreSettings
+from engine.settings import ApiSettings, Settings, StoreSettings
 from engine.store import open_store
 from engine.store.backup import backup_store, read_manifest, restore_store
 from ingest.catalog import read_catalog
@@ -79,3 +83,22 @@ def test_the_backup_and_restore_commands(tmp_path, stored, monkeypatch):
     assert "36 products" in restored.output
     again = runner.invoke(app, ["restore", str(tmp_path / "nightly"), "--store", str(tmp_path / "fresh")])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_a_serving_api_backs_up_without_stopping(tmp_path, stored, encoder):
+    settings, photos = stored
+    key = "backup-test-key-77e1"
+    app_settings = Settings(store=settings.model_copy(update={"backup_dir": tmp_path / "backups"}),
+                            api=ApiSettings(api_key=key))
+    with TestClient(create_app(app_settings, encoder=encoder)) as client:
+        assert client.post("/admin/backup").status_code == 401
+        made = client.post("/admin/backup", headers={"X-API-Key": key})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert body["products"] == 36 and body["collection"] == "products"
+        assert client.post("/search", data={"text": "running shoes"}).status_code == 200  # still serving
+        before = top_tens(client.app.state.runtime.store, encoder, photos)
+    restore_store(Path(body["path"]), tmp_path / "restored")
+    with open_store(StoreSettings(path=tmp_path / "restored"), encoder.info) as restored:
+        assert [[pid for pid, _ in ranked] for ranked in top_tens(restored, encoder, photos)] == \
+            [[pid for pid, _ in ranked] for ranked in before]

@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from api.routes import analytics, health, images, metrics, pages, products, rules, search
+from api.routes import admin, analytics, health, images, metrics, pages, products, rules, search
 
 router = APIRouter()
-for module in (health, metrics, search, products, rules, analytics, images, pages):
+for module in (health, metrics, search, products, rules, analytics, admin, images, pages):
     router.include_router(module.router)
