@@ -56,9 +56,11 @@ _NON_FINITE = ("nan", "inf", "infinity")
 
 
 def shown(value: Any, limit: int = 40) -> str:
-    """``value`` cut short for a message, printable whatever it holds (lone surrogates too)."""
+    """``value`` cut short for a message, printable whatever it holds (control characters and
+    lone surrogates escaped)."""
     text = str(value)
     text = text if len(text) <= limit else text[:limit] + "..."
+    text = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

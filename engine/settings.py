@@ -182,6 +182,10 @@ class ApiSettings(BaseModel):
         default_factory=list, description="Web origins whose pages may call the API from a browser, e.g. "
         "[\"https://shop.example\"]; empty: none (same-origin pages only).",
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="A connection whose request headers are not in this long after it "
+        "opened (or after its last answer) is closed.",
+    )
     host: str = Field("127.0.0.1", description="Address `snapshop serve` listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port `snapshop serve` listens on.")
 

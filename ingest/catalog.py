@@ -42,6 +42,7 @@ from engine.records import (
     check_json_record,
     check_price,
     check_title,
+    shown,
 )
 from ingest.feeds import (
     MERCHANT_ATTRIBUTES,
@@ -208,6 +209,9 @@ def _read_text(path: Path) -> str:
             raise CatalogError(
                 f"catalog '{path}' starts like UTF-16 but is not ({e.reason} at byte {e.start})"
             ) from e
+    if _utf16_without_bom(raw):
+        raise CatalogError(f"catalog '{path}' looks like UTF-16 without a byte order mark (every other byte "
+                           "is 0): save it as UTF-8, or as UTF-16 with a byte order mark, and ingest again")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -217,6 +221,15 @@ def _read_text(path: Path) -> str:
             f"catalog '{path}' is not UTF-8: byte {e.start} {where}(line {line}) is 0x{raw[e.start]:02x} "
             f"({e.reason}). It may be Latin-1 or Windows-1252: save it as UTF-8 and ingest again"
         ) from e
+
+
+def _utf16_without_bom(raw: bytes) -> bool:
+    """Text whose even or odd bytes are nearly all NUL: UTF-16 (of mostly Latin text), not UTF-8,
+    where NUL bytes would be read as characters of the header and every cell."""
+    head = raw[:4096]
+    if len(head) < 4 or b"\x00" not in head:
+        return False
+    return max(head[0::2].count(0), head[1::2].count(0)) > 0.8 * (len(head) // 2)
 
 
 def _read_csv(path: Path, sep: str) -> _Table:
@@ -422,7 +435,7 @@ def _columns(frame: pd.DataFrame, path: Path) -> _Columns:
     id_column = pick(ID_COLUMNS)
     if id_column is None:
         raise CatalogError(f"catalog '{path}' has no id column (one of {', '.join(ID_COLUMNS)}); "
-                           f"its columns are: {', '.join(str(c)[:40] for c in frame.columns[:20])}")
+                           f"its columns are: {', '.join(shown(c) for c in frame.columns[:20])}")
     return _Columns(id_column, pick(TITLE_COLUMNS), pick(IMAGE_COLUMNS), pick(PRICE_COLUMNS), pick(CATEGORY_COLUMNS))
 
 
@@ -432,7 +445,7 @@ def _require_product_columns(columns: _Columns, names: list[str], path: Path) ->
     for found, candidates, what in needed:
         if found is None:
             raise CatalogError(f"catalog '{path}' has no {what} column (one of {', '.join(candidates)}); "
-                               f"its columns are: {', '.join(str(c)[:40] for c in names[:20])}")
+                               f"its columns are: {', '.join(shown(c) for c in names[:20])}")
 
 
 def _product(record: dict, row: int, columns: _Columns) -> ProductRow:

@@ -358,15 +358,12 @@ def serve(
     model: ModelOpt = None,
 ) -> None:
     """Serve the HTTP API and the shopper page (API docs at /docs)."""
-    import uvicorn
-
     from api.app import create_app
+    from api.serving import server
 
     settings = build_settings(store, qdrant_url, model)
     application = create_app(settings)
-    # One process: the embedded store admits a single one, and the model is loaded once.
-    uvicorn.run(application, host=host or settings.api.host, port=port or settings.api.port, workers=1,
-                log_level="info")
+    server(application, settings.api, host, port).run()
 
 
 @app.command()

@@ -239,3 +239,21 @@ def test_every_accepted_edge_case_is_read_searched_and_deleted_after_a_restart(t
         store.delete(ids)
     with open_store(settings, encoder.info) as store:
         assert store.count() == 0
+
+
+# --- encodings ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_is_named_and_the_message_has_no_nul_bytes(tmp_path, codec):
+    path = tmp_path / "catalog.csv"
+    path.write_bytes("id,title,image\n1,Shirt,a.jpg\n".encode(codec))
+    with pytest.raises(SnapshopError) as refused:
+        read_catalog(path)
+    assert "looks like UTF-16 without a byte order mark" in str(refused.value)
+    assert "\x00" not in str(refused.value)
+
+
+def test_control_characters_in_column_names_are_shown_escaped(tmp_path):
+    path = tmp_path / "catalog.csv"
+    path.write_bytes(b"i\x01d,title,image\n1,Shirt,a.jpg\n")
+    with pytest.raises(SnapshopError, match=r"its columns are: i\\x01d, title, image"):
+        read_catalog(path)
