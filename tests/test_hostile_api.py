@@ -62,8 +62,8 @@ def test_a_deeply_nested_record_is_a_row_problem_and_the_store_still_searches(cl
     ('"weight": Infinity', "inf is not a finite number [weight]"),
     ('"weight": 1e999', "inf is not a finite number [weight]"),
     ('"sizes": [1, -Infinity]', "-inf is not a finite number [sizes]"),
-    ('"stock": 1000000000000000000000000000000', "the number 1000000000000000000000000000000 is outside the 64-bit "
-                                                 "integer range [stock]"),
+    ('"stock": 1000000000000000000000000000000',
+     "the number 1000000000000000000000000000000 is outside the 64-bit integer range [stock]"),
 ])
 def test_a_non_finite_number_loses_its_record_only(client, shop, extra, reason):
     bad, good = shop[1][1], shop[1][2]

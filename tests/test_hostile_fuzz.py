@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from api.app import create_app
 from engine.errors import CatalogError
 from engine.settings import IngestSettings, StoreSettings
-from engine.store import CAPTION_VECTOR, open_store
+from engine.store import CAPTION_VECTOR, SearchFilters, open_store
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog
 from tests.conftest import FASHION, require
@@ -82,14 +82,8 @@ def reopened_count(store_settings, encoder) -> int:
     with open_store(store_settings, encoder.info) as store:
         count = store.count()
         vector = encoder.encode_texts(["fuzzed shirt"])[0]
-        assert len(store.query(vector, CAPTION_VECTOR, store_filters(), 5)) == min(count, 5)
+        assert len(store.query(vector, CAPTION_VECTOR, SearchFilters(), 5)) == min(count, 5)
         return count
-
-
-def store_filters():
-    from engine.store import SearchFilters
-
-    return SearchFilters()
 
 
 # --- catalogs -------------------------------------------------------------------------------------
