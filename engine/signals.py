@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from engine.photo_kind import PhotoKind
 from engine.ranking import Background, bm25_share, bounded, price_closeness
 from engine.sorting import POPULARITY_FIELDS, popularity_of
 from engine.store.base import (
@@ -52,6 +53,7 @@ class PreparedQuery:
     has_photo: bool
     weights: BaseModel  # the registry's weights model, after the request's overrides
     limit: int  # candidates each gathering search brings
+    kind: PhotoKind | None = None  # what a query photo shows, from its nearest catalog photos
 
 
 @dataclass
@@ -261,7 +263,7 @@ SIGNALS = SignalRegistry([
            similarity, SENTENCE_VECTOR, "without_photo", _dense(SENTENCE_VECTOR, "sentence")),
     Signal("bm25", 0.3, 10, "keywords", "the typed words against the title's words (BM25)",
            keyword_share, BM25_VECTOR, "always", _bm25_probe),
-    Signal("category", 0.8, 10, "category", "how likely the product's category is for the query (zero-shot)",
+    Signal("category", 0.8, 10, "category", "the product's category as predicted for the query (a photo: its nearest catalog photos; words: zero-shot)",
            category_likelihood, fields=("category",)),
     Signal("price", 0.5, 10, "price", "closeness to the price the shopper aims at",
            price_fit, applies=lambda q: q.price_target is not None, fields=("price",)),

@@ -24,6 +24,8 @@ from engine.store import open_store
 from engine.training import split_validation
 from eval.metrics import first_relevant_ranks, mrr, ndcg_at, recall_at
 from eval.query_sets import (
+    FOR_WHOM,
+    IN_COLOUR,
     augmented_photo_queries,
     category_queries,
     composed_queries,
@@ -74,16 +76,22 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
         categories = category_queries(rows) if wanted("category") else []
         if categories:
             sets["category"] = _text_set(searcher, [(q.text, q.gains) for q in categories], TEXT_CONFIGS, progress)
-        composed = composed_queries(rows, catalog.base_dir, limit_queries, seed, loader.load) \
-            if wanted("photo_plus_text") else []
-        if composed:
-            sets["photo_plus_text"] = _composed_set(searcher, composed, progress)
+        for name, change in (("photo_plus_text", IN_COLOUR), ("photo_for_whom", FOR_WHOM)):
+            composed = composed_queries(rows, catalog.base_dir, limit_queries, seed, loader.load, change) \
+                if wanted(name) else []
+            if composed:
+                sets[name] = _composed_set(searcher, composed, progress)
+        photos, name = [], None
         if wanted("photos") and queries_csv is not None:
-            photos = real_photo_queries(queries_csv, load_image_file)
-            sets["shopper_photos"] = _photo_set(searcher, photos[:limit_queries * 2], progress)
+            photos, name = real_photo_queries(queries_csv, load_image_file)[:limit_queries * 2], "shopper_photos"
         elif wanted("photos"):
             photos = augmented_photo_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)
-            sets["shopper_like_photos"] = _photo_set(searcher, photos, progress)
+            name = "shopper_like_photos"
+        if photos:
+            sets[name], predicted = _photo_set(searcher, photos, progress)
+            category = {row.product_id: row.category for row in rows}
+            report["category_accuracy"] = {name: round(float(np.mean(
+                [guess == category.get(q.product_id) for q, guess in zip(photos, predicted)])), 4)}
     return report
 
 
@@ -116,8 +124,9 @@ def _composed_set(searcher: Searcher, queries, progress: bool) -> dict:
     return out
 
 
-def _photo_set(searcher: Searcher, photos, progress: bool) -> dict:
-    out = {}
+def _photo_set(searcher: Searcher, photos, progress: bool) -> tuple[dict, list[str | None]]:
+    """Each signal alone and fused; and the category the fused search predicted for each photo."""
+    out, predicted = {}, []
     encoded = []  # each photo is encoded once and searched once per signal
     for query in tqdm(photos, desc="encode photos", disable=not progress, leave=False):
         joint, look = searcher.encoder.encode_photos([query.image])
@@ -129,8 +138,10 @@ def _photo_set(searcher: Searcher, photos, progress: bool) -> dict:
             response = searcher.search(SearchQuery(photo_vectors=vectors, k=max(KS), weights=weights))
             latencies.append(time.perf_counter() - started)
             rankings.append([r.product_id for r in response.results])
+            if name == "fused":
+                predicted.append(response.predicted_category)
         out[name] = _metrics(rankings, [{q.product_id: 1.0} for q in photos], latencies)
-    return out
+    return out, predicted
 
 
 def _metrics(rankings: list[list[str]], gains: list[dict], latencies: list[float]) -> dict:
@@ -152,6 +163,8 @@ def format_table(report: dict) -> str:
         for signal, m in signals.items():
             lines.append(f"{set_name:<22} {signal:<11} {m['recall@1']:6.3f} {m['recall@5']:6.3f} {m['recall@10']:6.3f} "
                          f"{m['mrr']:6.3f} {m['ndcg@10']:8.3f} {m['queries']:5d} {m['p50_ms']:7.1f}")
+    for set_name, accuracy in report.get("category_accuracy", {}).items():
+        lines.append(f"{set_name:<22} predicted category correct: {accuracy:.3f}")
     return "\n".join(lines)
 
 

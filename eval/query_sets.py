@@ -44,27 +44,49 @@ class ComposedQuery:
     gains: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Change:
+    """What the words of a photo + words query change: a catalog field, the words that ask for
+    each wanted value (a phrase may ask for several values: "for kids" is Boys or Girls), and the
+    field the photo keeps, which grades relevance."""
+
+    field: str
+    asks: dict[str, tuple[str, ...]]  # words -> the field values they ask for
+    keeps: str
+
+
+IN_COLOUR = Change("colour", {f"in {c.lower()}": (c,) for c in ("Black", "White", "Blue", "Red", "Green", "Pink",
+                                                                  "Brown")}, keeps="gender")
+FOR_WHOM = Change("gender", {"for men": ("Men",), "for women": ("Women",), "for kids": ("Boys", "Girls")},
+                  keeps="colour")
+
+
 def composed_queries(rows: list[ProductRow], base_dir: Path, count: int, seed: int = 0, loader=None,
-                     colours: tuple[str, ...] = ("Black", "White", "Blue", "Red", "Green", "Pink", "Brown")
-                     ) -> list[ComposedQuery]:
-    """A product's photo plus "in <colour>" for a colour it is not in; relevant: the same kind of
-    product in that colour (same category and gender = 2, same category = 1)."""
-    groups: dict[tuple, list[ProductRow]] = {}
-    for row in rows:
-        groups.setdefault((row.category, str(row.fields.get("colour"))), []).append(row)
+                     change: Change = IN_COLOUR) -> list[ComposedQuery]:
+    """A product's photo plus words asking for a value of ``change.field`` it does not have ("in
+    brown", "for women"); relevant: the same kind of product with that value (also keeping the
+    photo's ``change.keeps`` = 2, the same category only = 1)."""
     rng = random.Random(seed)
-    shuffled = [r for r in rows if r.category and r.fields.get("colour") and r.fields.get("gender")]
+    usable = [r for r in rows if r.category and r.fields.get(change.field) and r.fields.get(change.keeps)]
+    shuffled = usable[:]
     rng.shuffle(shuffled)
     queries = []
     for row in shuffled:
-        options = [c for c in colours if c != row.fields["colour"] and len(groups.get((row.category, c), [])) >= 2]
+        have = str(row.fields[change.field])
+        options = {}
+        for words, values in change.asks.items():
+            if have in values:
+                continue
+            wanted = [o for o in rows if o.category == row.category and str(o.fields.get(change.field)) in values]
+            if len(wanted) >= 2:
+                options[words] = wanted
         if not options:
             continue
-        colour = rng.choice(options)
-        gains = {other.product_id: 2.0 if other.fields.get("gender") == row.fields["gender"] else 1.0
-                 for other in groups[(row.category, colour)]}
+        words = rng.choice(list(options))
+        gains = {o.product_id: 2.0 if str(o.fields.get(change.keeps)) == str(row.fields[change.keeps]) else 1.0
+                 for o in options[words]}
         photo = loader(row.images[0]) if loader else Image.open(base_dir / row.images[0])
-        queries.append(ComposedQuery(photo, f"in {colour.lower()}", gains))
+        queries.append(ComposedQuery(photo, words, gains))
         if len(queries) >= count:
             break
     return queries

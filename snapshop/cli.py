@@ -328,7 +328,7 @@ def evaluate(
     limit_products: Annotated[Optional[int], typer.Option(help="Use at most this many products.")] = None,
     limit_queries: Annotated[int, typer.Option(help="At most this many queries per set.")] = 500,
     only: Annotated[Optional[str], typer.Option(
-        help="Comma-separated query sets to run: title_to_photo, describing, category, photo_plus_text, "
+        help="Comma-separated query sets to run: title_to_photo, describing, category, photo_plus_text, photo_for_whom, "
              "photos (all when omitted).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for eval.json and recall_at_k.png.")] = Path("var/eval"),
     model: ModelOpt = None,

@@ -74,6 +74,18 @@ def test_search_sorted_by_price_with_attribute_filters(demo_store):
     assert bad.returncode == 2 and "unknown attribute 'brand'" in bad.stderr
 
 
+def test_the_readme_demo_photo_in_brown_keeps_the_handbag(demo_store):
+    """The README's own demo: a handbag's photo plus "in brown" finds handbags, the brown one first
+    (the photo says what kind of product, the words what to change)."""
+    folder, _ = demo_store
+    result = snapshop("search", "--image", str(REPO / "demo" / "queries" / "handbag.jpg"), "--text", "in brown",
+                      "--k", "3", "--json", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)["data"]
+    assert sum(h["category"] == "Handbags" for h in hits) >= 2, [h["title"] for h in hits]
+    assert "Brown" in hits[0]["title"], [h["title"] for h in hits]
+
+
 def test_errors_are_one_clear_line_and_a_nonzero_exit(demo_store, tmp_path):
     folder, _ = demo_store
     result = snapshop("search", "--text", "shirt", "--min-price", "50", "--max-price", "10", cwd=folder)

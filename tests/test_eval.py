@@ -3,7 +3,7 @@
 import json
 
 from eval.harness import format_table, run_eval, write_outputs
-from eval.query_sets import describing_queries, shopper_like
+from eval.query_sets import FOR_WHOM, composed_queries, describing_queries, shopper_like
 from ingest.catalog import read_catalog
 from tests.conftest import GROCERY, pick_products, require, write_catalog
 
@@ -13,8 +13,11 @@ def test_eval_reports_each_query_set_per_signal(tmp_path, fashion_frame, encoder
     path = write_catalog(rows, tmp_path / "shop")
     report = run_eval(encoder, path, limit_queries=12, progress=False)
     sets = report["query_sets"]
-    assert set(sets) == {"title_to_photo", "describing", "category", "photo_plus_text", "shopper_like_photos"}
-    assert set(sets["photo_plus_text"]) == {"photo only", "text only", "photo+text"}
+    assert set(sets) == {"title_to_photo", "describing", "category", "photo_plus_text", "photo_for_whom",
+                         "shopper_like_photos"}
+    assert set(sets["photo_plus_text"]) == set(sets["photo_for_whom"]) == {"photo only", "text only", "photo+text"}
+    # Each shopper-like photo's category, predicted from the catalog's photos: right for most.
+    assert report["category_accuracy"]["shopper_like_photos"] >= 0.75
     assert set(sets["describing"]) == {"image", "text", "bm25", "fused"}
     assert set(sets["shopper_like_photos"]) == {"image", "look", "caption", "category", "fused"}
     for signals in sets.values():
@@ -26,7 +29,7 @@ def test_eval_reports_each_query_set_per_signal(tmp_path, fashion_frame, encoder
     paths = write_outputs(report, tmp_path / "out")
     assert json.loads(paths["json"].read_text())["products"] == 36
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "describing" in format_table(report)
+    assert "describing" in format_table(report) and "predicted category correct" in format_table(report)
 
 
 def test_describing_queries_grade_relevance_by_attributes(small_catalog):
@@ -38,6 +41,20 @@ def test_describing_queries_grade_relevance_by_attributes(small_catalog):
     same_type = [r for r in rows if r.category == source.category]
     assert all(query.gains[r.product_id] in (1.0, 2.0) for r in same_type)
     assert all(r.product_id not in query.gains for r in rows if r.category != source.category)
+
+
+def test_photo_for_whom_queries_ask_for_another_gender_and_grade_by_the_photos_colour(small_catalog):
+    rows = read_catalog(small_catalog).rows
+    queries = composed_queries(rows, small_catalog.parent, 20, change=FOR_WHOM)
+    assert queries and all(q.text in FOR_WHOM.asks for q in queries)
+    by_id = {r.product_id: r for r in rows}
+    for query in queries:
+        wanted = FOR_WHOM.asks[query.text]
+        relevant = [by_id[pid] for pid in query.gains]
+        assert len(relevant) >= 2 and len({r.category for r in relevant}) == 1
+        assert all(r.fields["gender"] in wanted for r in relevant)
+        # The photo's own colour in the asked gender is the best grade; another colour counts less.
+        assert set(query.gains.values()) <= {1.0, 2.0}
 
 
 def test_real_shopper_photos_are_used_when_given(tmp_path, encoder):

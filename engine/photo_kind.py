@@ -1,0 +1,69 @@
+"""What kind of product a query photo shows, read off the catalog's own photos.
+
+A shop's photos are labelled examples of its categories: the catalog products whose photos look
+most like the query photo vote for their category, each by how close it is. With words ("like
+this, in brown") the vote says what the photo keeps (the kind of product) and the words what
+changes (engine.search gathers the words' matches within the voted categories).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.store.base import IMAGE_VECTOR, LOOK_VECTOR, SearchFilters, VectorQuery, VectorStore
+
+# Nearest catalog products that vote, and how sharply closeness weighs a vote (a softmax over
+# their cosine similarities at this temperature).
+NEIGHBOURS = 10
+VOTE_TEMPERATURE = 0.1
+
+
+@dataclass(frozen=True)
+class PhotoKind:
+    """What a query photo shows: its category, as shares of its nearest catalog products' vote."""
+
+    categories: dict[str, float]  # category -> share of the vote, summing to 1
+
+    @property
+    def predicted(self) -> str | None:
+        return max(self.categories, key=self.categories.get) if self.categories else None
+
+    def likely(self, share: float) -> tuple[str, ...]:
+        """The fewest categories, most likely first, that hold ``share`` of the vote."""
+        out, total = [], 0.0
+        for name, value in sorted(self.categories.items(), key=lambda item: -item[1]):
+            out.append(name)
+            total += value
+            if total >= share:
+                break
+        return tuple(out)
+
+    def relative(self) -> dict[str, float]:
+        """Each category's vote relative to the most likely one's (1 for the predicted category)."""
+        top = max(self.categories.values(), default=0.0)
+        return {name: value / top for name, value in self.categories.items()} if top > 0 else {}
+
+
+def photo_kind(store: VectorStore, photo: np.ndarray, look: np.ndarray | None,
+               filters: SearchFilters = SearchFilters(), neighbours: int = NEIGHBOURS,
+               temperature: float = VOTE_TEMPERATURE) -> PhotoKind:
+    """The kind of product ``photo`` (joint space) shows, from its ``neighbours`` nearest catalog
+    products under ``filters``: by appearance (``look``) when the model has it, it tells
+    products apart far better than the joint space (shopper-like photos R@1 0.93 against 0.71)."""
+    query = VectorQuery(LOOK_VECTOR, look) if look is not None else VectorQuery(IMAGE_VECTOR, photo)
+    (hits,) = store.search_many([query], filters, neighbours)
+    records = store.records([key for key, _ in hits], ["category"]) if hits else {}
+    found = [(score, records[key].payload) for key, score in hits if key in records]
+    if not found:
+        return PhotoKind({})
+    scores = np.array([score for score, _ in found], dtype=np.float64)
+    weights = np.exp((scores - scores.max()) / temperature)
+    weights /= weights.sum()
+    categories: dict[str, float] = {}
+    for (_, payload), weight in zip(found, weights):
+        if payload.get("category"):
+            name = str(payload["category"])
+            categories[name] = categories.get(name, 0.0) + float(weight)
+    return PhotoKind(categories)
