@@ -352,8 +352,8 @@ class Searcher:
         payloads = [ranked.records[ranked.keys[i]].payload for i in page.relevant(ranked.fused)]
         keywords = [name for name, kind in self.attributes().items() if kind == "keyword"]
         categories = facet_counts([{"fields": {"category": p.get("category")}} for p in payloads], ["category"])
-        return {"total": len(payloads), "categories": categories["category"],
-                "attributes": facet_counts(payloads, keywords)}
+        attributes = {name: counts for name, counts in facet_counts(payloads, keywords).items() if counts}
+        return {"total": len(payloads), "categories": categories["category"], "attributes": attributes}
 
     # --- internals --------------------------------------------------------------------------
     def _check_k(self, k: int) -> None:
