@@ -22,7 +22,7 @@ from engine.errors import SnapshopError
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Search stages: Qdrant's gather and score take a few ms, encoding a photo tens of ms.
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-SEARCH_STAGES = ("decode", "encode", "gather", "score", "rank")
+SEARCH_STAGES = ("decode", "crops", "encode", "verify", "gather", "score", "rank")
 
 
 class Metrics:
@@ -36,7 +36,7 @@ class Metrics:
         self.latency = Histogram("snapshop_http_request_duration_seconds", "Time to answer an HTTP request.",
                                  ["route", "method"], buckets=REQUEST_BUCKETS, registry=r)
         self.stages = Histogram("snapshop_search_stage_duration_seconds",
-                                "Time of one search spent in each stage (decode, encode, gather, score, rank).",
+                                "Time of one search spent in each stage (decode, crops, encode, verify, gather, score, rank).",
                                 ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.searches = Counter("snapshop_searches", "Searches answered, by kind of query (text, photo, both).",
                                 ["kind"], registry=r)

@@ -95,6 +95,9 @@ class SearchForm(BaseModel):
     merchandising: Json[Merchandising] | None = Field(
         None, description="Rules and synonyms to preview instead of the stored ones (GET /merchandising's "
                           "document as JSON); nothing is saved.")
+    crop: str | None = Field(None, max_length=200, description="Search only this box of the photo: x,y,w,h as "
+                             "fractions of its width and height, e.g. 0.25,0.1,0.5,0.6. Unset: the whole photo "
+                             "and centred crops of it.")
 
 
 class FilterParams(BaseModel):
@@ -175,6 +178,7 @@ class SearchResults(BaseModel):
     offset: int = Field(0, description="Position of this page's first product in that list.")
     next_offset: int | None = Field(None, description="The offset of the next page; null on the last one.")
     facets: QueryFacets | None = Field(None, description="With facets=true: counts that follow the query.")
+    region: list[float] | None = Field(None, description="The box of the photo searched (x,y,w,h fractions).")
 
 
 class SimilarResults(BaseModel):

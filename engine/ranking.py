@@ -55,6 +55,23 @@ def bounded(value: float) -> float:
     return value * BOUNDED_Z
 
 
+# Geometric verification on the z scale: inliers up to MATCH_FLOOR happen between unrelated photos
+# (repeated texture, a few chance matches); above it the evidence grows with their logarithm,
+# MATCH_Z_PER_LOG z per e-fold (10 inliers above the floor: about 5 z, a bounded signal's most).
+MATCH_FLOOR = 6
+MATCH_Z_PER_LOG = 2.0
+
+
+# A calibrated match this high (about 16 inliers: a label agreeing point by point) shows the
+# product itself, whatever the global features say: such an answer is never "nothing close".
+VERIFIED_MATCH = 0.9
+
+
+def match_evidence(inliers: int) -> float:
+    """RANSAC inliers of a query photo against a product's photos, as evidence in z units."""
+    return MATCH_Z_PER_LOG * math.log1p(max(inliers - MATCH_FLOOR, 0))
+
+
 def bm25_share(raw: float, best: float) -> float:
     """BM25 relative to the best title match of this query: 1 for the best, 0 for no shared word."""
     return raw / best if best > 0 else 0.0

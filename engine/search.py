@@ -20,9 +20,11 @@ from engine.attributes import attribute_filters, facet_counts, payload_key
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
+from engine.local_features import LocalFeatures, extract_local_features
 from engine.photo_kind import photo_kind
 from engine.products import payload_of
-from engine.ranking import fuse, fused_scores, softmax, squash
+from engine.ranking import VERIFIED_MATCH, fuse, fused_scores, softmax, squash
+from engine.regions import WHOLE, Region, search_regions
 from engine.rules import Merchandising, Rule, adjust, expand, pin, rule_fields
 from engine.settings import SearchSettings
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction, photo_breadth
@@ -52,6 +54,16 @@ SAMPLED_VECTORS = {IMAGE_VECTOR: "image_vectors", CAPTION_VECTOR: "caption_vecto
                    LOOK_VECTOR: "look_vectors"}
 
 
+@dataclass(frozen=True)
+class EncodedPhoto:
+    """A query photo turned into what search needs, once (``Searcher.encode_photo``)."""
+
+    joint: np.ndarray  # the joint-space vector: the mean direction of the searched regions'
+    look: np.ndarray  # the appearance vector, likewise
+    local: LocalFeatures | None  # local features of the searched region (None: not verified)
+    region: Region = WHOLE  # the box of the photo searched
+
+
 @dataclass
 class SearchQuery:
     text: str | None = None
@@ -63,7 +75,8 @@ class SearchQuery:
     price_target: float | None = None
     history: tuple[str, ...] = ()  # product ids the shopper viewed or bought
     # The photo already encoded (joint, look), e.g. when one photo is searched several ways.
-    photo_vectors: tuple[np.ndarray, np.ndarray] | None = None
+    encoded_photo: EncodedPhoto | None = None
+    crop: Region | None = None  # the shopper's box in the photo; None: the searcher picks the regions
     # Pages: ``offset`` given (0 for the first page) or a sort other than relevance makes the
     # search rank the settings' stable ``depth`` of candidates and cut pages of ``k`` from it.
     offset: int | None = None
@@ -105,6 +118,7 @@ class SearchResponse:
     total: int = 0  # products in the list the pages are cut from
     offset: int = 0
     facets: dict | None = None  # {"total", "categories", "attributes"} over the products above the floor
+    region: Region | None = None  # the part of the query photo that was searched
 
 
 @dataclass(frozen=True)
@@ -212,7 +226,7 @@ class Searcher:
         plan = self.plan(prepared)
         keys, scores = self._gather(plan, filters, clock, prepared)
         with clock.stage("rank"):
-            ranked = self._rank(keys, scores, prepared, plan, category_probs, rules)
+            ranked = self._rank(keys, scores, prepared, plan, category_probs, rules, clock)
             listed = page.listed(ranked.fused)
             if page.grouped:
                 listed = one_per_family(listed, ranked.payloads(listed))
@@ -223,16 +237,18 @@ class Searcher:
                 self._add_variants(results)
             facets = self._query_facets(ranked, page) if query.facets else None
         best = float(ranked.fused[0]) if len(ranked.fused) else 0.0
-        return SearchResponse(results, best < self.settings.nothing_close, predicted, seconds=clock.seconds,
-                              evidence=evidence, photo_vector=prepared.photo, offset=page.offset, facets=facets,
-                              total=len(listed) if page.paged else len(results))
+        verified = any(r.signals.get("match", 0.0) >= VERIFIED_MATCH for r in results)
+        return SearchResponse(results, best < self.settings.nothing_close and not verified, predicted,
+                              seconds=clock.seconds, evidence=evidence, photo_vector=prepared.photo,
+                              offset=page.offset, facets=facets, total=len(listed) if page.paged else len(results),
+                              region=prepared.region)
 
     def prepare(self, query: SearchQuery, clock: StageClock | None = None, words: str | None = None) -> PreparedQuery:
         """The query checked, turned into vectors once (timed as the ``encode`` stage of
         ``clock``), with the weights that rank it; ``words`` (the text widened by synonyms) are
         what the titles' sentences and keywords are matched against."""
         text = (query.text or "").strip() or None
-        if text is None and query.image is None and query.photo_vectors is None:
+        if text is None and query.image is None and query.encoded_photo is None:
             raise InvalidQuery("give a text, a photo, or both")
         self._check_k(query.k)
         weights = self._weights(query.weights)
@@ -246,10 +262,12 @@ class Searcher:
         with (clock or StageClock()).stage("encode"):
             text_joint = self.encoder.encode_text(text) if text else None
             sentence = self.encoder.encode_sentence(words) if words else None
-            photo, look = query.photo_vectors or (None, None)
-            if photo is None and query.image is not None:
-                joint, looks = self.encoder.encode_photos([query.image])
-                photo, look = joint[0], looks[0]
+        encoded = query.encoded_photo
+        if encoded is None and query.image is not None:
+            encoded = self.encode_photo(query.image, query.crop, verify=getattr(weights, "match", 0.0) > 0, clock=clock)
+        photo, look = (encoded.joint, encoded.look) if encoded is not None else (None, None)
+        # Geometric verification is of a photo alone: words ask for something else than it shows.
+        local = encoded.local if encoded is not None and text_joint is None else None
         # What the photo shows, from its nearest catalog photos: the category signal's vote.
         kind = (photo_kind(self.store, photo, look if self.encoder.info.look_dim else None, query.filters)
                 if photo is not None and weights.category > 0 else None)
@@ -274,7 +292,27 @@ class Searcher:
             kind=kind,
             weights=weights,
             limit=max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES),
+            local=local,
+            region=encoded.region if encoded is not None else None,
         )
+
+    def encode_photo(self, image: Image.Image, crop: Region | None = None, verify: bool = True,
+                     clock: StageClock | None = None) -> EncodedPhoto:
+        """A shopper's photo as query vectors: the mean direction of its search regions' vectors
+        (``engine.regions``), encoded as one batch (a mean of unit vectors scores each product by
+        its mean cosine to the regions); and the local features of the box searched, when the
+        store keeps products' local features and ``verify``."""
+        clock = clock or StageClock()
+        with clock.stage("crops"):
+            regions = search_regions(crop)
+            cuts = [region.cut(image) for region in regions]
+        with clock.stage("encode"):
+            joint, looks = self.encoder.encode_photos(cuts)
+        local = None
+        if verify and self.settings.verify_top > 0 and getattr(self.store, "local_features", False):
+            with clock.stage("verify"):
+                local = extract_local_features(cuts[0])
+        return EncodedPhoto(mean_direction(joint), mean_direction(looks), local, crop or WHOLE)
 
     def plan(self, query: PreparedQuery) -> SearchPlan:
         """Which signals apply to ``query`` (a weight above 0, and what they read is there), which
@@ -291,7 +329,7 @@ class Searcher:
                 gather.append(probe)
             if probe is not None and signal.scored_by_store:
                 score[signal.name] = probe
-            elif signal.vector is not None:
+            elif signal.vector is not None and not signal.reranks:
                 record_vectors.append(signal.vector)
         return SearchPlan(tuple(applying), tuple(gather), score, tuple(dict.fromkeys(record_vectors)), query.limit)
 
@@ -426,7 +464,7 @@ class Searcher:
                 result.variants = [{"product_id": p.product_id, "payload": p.payload} for p in members[family]]
 
     def _rank(self, keys: list, scores: dict[str, dict], q: PreparedQuery, plan: SearchPlan,
-              category_probs: dict, rules: list[Rule]) -> _Ranked:
+              category_probs: dict, rules: list[Rule], clock: StageClock | None = None) -> _Ranked:
         """Every candidate by fused score (moved by the rules that hide, boost or bury), best first,
         with the payload fields ranking, sorting and the rules read."""
         fields = list(dict.fromkeys([*self.signals.ranking_fields, *PAGE_FIELDS,
@@ -439,6 +477,10 @@ class Searcher:
                                 self._background_sample(), category_probs)
         matrix = self._evidence(candidates, plan)
         fused = fused_scores(matrix, q.weights)
+        reranking = [s for s in self.signals if s.reranks and s.name in plan.signals]
+        if reranking and self.settings.verify_top > 0:
+            with (clock or StageClock()).stage("verify"):  # within "rank": the rank stage's time includes it
+                fused = self._rerank(candidates, matrix, fused, reranking)
         kept, fused, notes = adjust(keys, [records[key] for key in keys], fused, rules)
         order = sorted(kept, key=lambda i: -fused[i])  # stable: ties keep the candidates' order
         return _Ranked([keys[i] for i in order], fused[order], matrix[order], records,
@@ -461,12 +503,33 @@ class Searcher:
                 results[-1].rules = ranked.notes.get(ranked.keys[i], [])
         return results, ranked.matrix[rows] if rows else np.zeros((0, len(self.signals)))
 
+    def _rerank(self, candidates: Candidates, matrix: np.ndarray, fused: np.ndarray, reranking: list) -> np.ndarray:
+        """The re-ranking signals (``Signal.reranks``: the match signal's geometric verification)
+        on the best ``verify_top`` candidates by the other signals, their stored vector read for
+        those only; filled into ``matrix``, fused again.
+
+        Candidates not verified count no such evidence (0), as verified ones without any: they
+        keep their order among themselves, and a verified match rises above them.
+        """
+        top = np.argsort(-fused, kind="stable")[: self.settings.verify_top]
+        keys = [candidates.keys[i] for i in top]
+        stored = self.store.records(keys, ["product_id"], list(dict.fromkeys(s.reranks for s in reranking)))
+        best = Candidates(keys, [candidates.payloads[i] for i in top], stored, candidates.scores, candidates.queries,
+                          candidates.query, candidates.sample, candidates.category_probs)
+        for signal in reranking:
+            column = self.signals.names.index(signal.name)
+            values = signal.evidence(signal, best)
+            if values is not None:
+                matrix[:, column] = 0.0
+                matrix[top, column] = values
+        return fused_scores(matrix, candidates.query.weights)
+
     def _evidence(self, candidates: Candidates, plan: SearchPlan) -> np.ndarray:
         """Each signal's evidence for each candidate, (candidates, signals), in standard deviations
         above the signal's background; NaN where a signal does not apply to a candidate."""
         matrix = np.full((len(candidates.keys), len(self.signals)), np.nan)
         for column, signal in enumerate(self.signals):
-            if signal.name in plan.signals:
+            if signal.name in plan.signals and not signal.reranks:
                 values = signal.evidence(signal, candidates)
                 if values is not None:
                     matrix[:, column] = values

@@ -105,6 +105,11 @@ class SearchSettings(BaseModel):
         description="Ranker weights by signal name (engine.signals); unset ones keep their defaults. "
         "Per request they can be overridden again.",
     )
+    verify_top: int = Field(
+        10, ge=0, le=100,
+        description="Photo searches verify this many best candidates geometrically (SIFT + RANSAC: the 'match' "
+        "signal), about 1 ms each; 0 turns verification off.",
+    )
     nothing_close: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Below this calibrated photo match of the best result, answers say 'nothing close'.",

@@ -81,18 +81,29 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
                 if wanted(name) else []
             if composed:
                 sets[name] = _composed_set(searcher, composed, progress)
-        photos, name = [], None
+        departments = {row.product_id: str(row.fields.get("department") or "") for row in rows}
+        category = {row.product_id: row.category for row in rows}
+        photo_sets = []
         if wanted("photos") and queries_csv is not None:
-            photos, name = real_photo_queries(queries_csv, load_image_file)[:limit_queries * 2], "shopper_photos"
-        elif wanted("photos"):
-            photos = augmented_photo_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)
-            name = "shopper_like_photos"
-        if photos:
-            sets[name], predicted = _photo_set(searcher, photos, progress)
-            category = {row.product_id: row.category for row in rows}
-            report["category_accuracy"] = {name: round(float(np.mean(
-                [guess == category.get(q.product_id) for q, guess in zip(photos, predicted)])), 4)}
+            photo_sets.append(("shopper_photos", real_photo_queries(queries_csv, load_image_file)[:limit_queries * 2]))
+        if wanted("photos"):
+            photo_sets.append(("shopper_like_photos",
+                               augmented_photo_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)))
+        for name, photos in photo_sets:
+            if photos:
+                sets[name], predicted = _photo_set(searcher, photos, progress, departments)
+                report.setdefault("category_accuracy", {})[name] = round(float(np.mean(
+                    [guess == category.get(q.product_id) for q, guess in zip(photos, predicted)])), 4)
+        if "shopper_photos" in sets and "shopper_like_photos" in sets:
+            report["synthetic_vs_real"] = synthetic_gap(sets["shopper_like_photos"], sets["shopper_photos"])
     return report
+
+
+def synthetic_gap(synthetic: dict, real: dict) -> dict:
+    """How much better each signal finds products from made-up shopper views than from real photos
+    (R@1 points): the views are training material, real photos are the judge."""
+    return {signal: round(synthetic[signal]["recall@1"] - real[signal]["recall@1"], 4)
+            for signal in real if signal in synthetic}
 
 
 def _text_set(searcher: Searcher, queries: list[tuple[str, dict]], configs: dict, progress: bool) -> dict:
@@ -124,23 +135,30 @@ def _composed_set(searcher: Searcher, queries, progress: bool) -> dict:
     return out
 
 
-def _photo_set(searcher: Searcher, photos, progress: bool) -> tuple[dict, list[str | None]]:
-    """Each signal alone and fused; and the category the fused search predicted for each photo."""
+def _photo_set(searcher: Searcher, photos, progress: bool,
+               departments: dict[str, str]) -> tuple[dict, list[str | None]]:
+    """Each signal alone and fused, per department too when the catalog names them; and the
+    category the fused search predicted for each photo."""
     out, predicted = {}, []
     encoded = []  # each photo is encoded once and searched once per signal
     for query in tqdm(photos, desc="encode photos", disable=not progress, leave=False):
-        joint, look = searcher.encoder.encode_photos([query.image])
-        encoded.append((joint[0], look[0]))
+        encoded.append(searcher.encode_photo(query.image))
     for name, weights in PHOTO_CONFIGS.items():
         rankings, latencies = [], []
         for vectors in tqdm(encoded, desc=f"photos {name}", disable=not progress, leave=False):
             started = time.perf_counter()
-            response = searcher.search(SearchQuery(photo_vectors=vectors, k=max(KS), weights=weights))
+            response = searcher.search(SearchQuery(encoded_photo=vectors, k=max(KS), weights=weights))
             latencies.append(time.perf_counter() - started)
             rankings.append([r.product_id for r in response.results])
             if name == "fused":
                 predicted.append(response.predicted_category)
         out[name] = _metrics(rankings, [{q.product_id: 1.0} for q in photos], latencies)
+        groups = sorted({departments.get(q.product_id, "") for q in photos} - {""})
+        if len(groups) > 1:
+            out[name]["by_department"] = {
+                group: _metrics([r for r, q in zip(rankings, photos) if departments.get(q.product_id) == group],
+                                [{q.product_id: 1.0} for q in photos if departments.get(q.product_id) == group], [])
+                for group in groups}
     return out, predicted
 
 
@@ -165,7 +183,27 @@ def format_table(report: dict) -> str:
                          f"{m['mrr']:6.3f} {m['ndcg@10']:8.3f} {m['queries']:5d} {m['p50_ms']:7.1f}")
     for set_name, accuracy in report.get("category_accuracy", {}).items():
         lines.append(f"{set_name:<22} predicted category correct: {accuracy:.3f}")
+    lines += _department_lines(report)
+    if "synthetic_vs_real" in report:
+        gap = ", ".join(f"{signal} {value:+.3f}" for signal, value in report["synthetic_vs_real"].items())
+        lines.append(f"synthetic-vs-real gap (shopper-like minus real photos, R@1): {gap}")
     return "\n".join(lines)
+
+
+def _department_lines(report: dict) -> list[str]:
+    """R@1 / R@5 of each photo set per department (rows) and signal (columns)."""
+    lines = []
+    for set_name, signals in report["query_sets"].items():
+        groups = next((m["by_department"] for m in signals.values() if "by_department" in m), None)
+        if not groups:
+            continue
+        lines.append(f"{set_name} by department, R@1 / R@5:")
+        lines.append(f"  {'department':<14} {'n':>4} " + " ".join(f"{signal:>13}" for signal in signals))
+        for group in groups:
+            cells = [f"{m['by_department'][group]['recall@1']:.3f} / {m['by_department'][group]['recall@5']:.3f}"
+                     for m in signals.values()]
+            lines.append(f"  {group:<14} {groups[group]['queries']:4d} " + " ".join(f"{c:>13}" for c in cells))
+    return lines
 
 
 def write_outputs(report: dict, out_dir: Path) -> dict[str, Path]:

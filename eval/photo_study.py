@@ -255,6 +255,48 @@ CONFIGS = [
 ]
 
 
+def engine_weights(study: Study, store_path: Path, grid: dict[str, tuple[float, ...]]) -> dict:
+    """The engine's own path (regions, stored local features, the match signal) on the shopper
+    photos: each ranker weight in ``grid`` picked on the tune half, reported on the other."""
+    from engine.model_loading import load_encoder
+    from engine.search import Searcher, SearchQuery
+    from engine.settings import IngestSettings, Settings
+    from engine.store import open_store
+    from ingest.catalog import read_catalog
+    from ingest.pipeline import ingest_catalog
+
+    settings = Settings()
+    encoder = load_encoder(settings.model)
+    truth = [str(p) for p in study.queries.product_id]
+    tune, report = split(study.queries)
+    produce = study.queries.query_image.str.contains("_(?:Fruit|Vegetables)_").to_numpy()
+    with open_store(settings.store.model_copy(update={"path": store_path}), encoder.info) as store:
+        ingest_catalog(read_catalog(study.base / "catalog.csv"), encoder, store, IngestSettings(), progress=False)
+        searcher = Searcher(encoder, store, settings.search)
+        encoded = [searcher.encode_photo(image) for image in study.images("queries")]
+
+        def recalls(weights: dict, rows) -> tuple[float, float]:
+            ranks = []
+            for q in rows:
+                found = [r.product_id for r in searcher.search(SearchQuery(encoded_photo=encoded[q], k=10,
+                                                                           weights=weights)).results]
+                ranks.append(found.index(truth[q]) if truth[q] in found else 99)
+            ranks = np.array(ranks)
+            return float((ranks < 1).mean()), float((ranks < 5).mean())
+
+        chosen: dict[str, float] = {}
+        for name, values in grid.items():
+            scored = {v: recalls({**chosen, name: v}, tune) for v in values}
+            print(json.dumps({"weight": name, "tune": {str(v): r for v, r in scored.items()}}), flush=True)
+            chosen[name] = max(values, key=lambda v: sum(scored[v]))
+        out = {"weights": chosen, "tune": recalls(chosen, tune), "report": recalls(chosen, report),
+               "report_packaged": recalls(chosen, report[~produce[report]]),
+               "report_produce": recalls(chosen, report[produce[report]]),
+               "report_defaults": recalls({}, report), "report_no_match": recalls({**chosen, "match": 0}, report)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/grocery"))
@@ -263,9 +305,13 @@ def main() -> None:
     parser.add_argument("--sift-keypoints", type=int, default=256, help="keypoints kept per photo")
     parser.add_argument("--only", nargs="*", help="config names to run (default: all)")
     parser.add_argument("--latency", nargs="*", default=[], help="config names whose per-photo cost to time")
+    parser.add_argument("--engine", action="store_true", help="pick the engine's match weight instead")
     args = parser.parse_args()
     study = Study(pd.read_csv(args.data / "catalog.csv"), pd.read_csv(args.data / "queries.csv"), args.data,
                   args.cache)
+    if args.engine:
+        engine_weights(study, args.cache / "engine-store", {"match": (0.0, 1.0, 2.0, 4.0, 8.0, 12.0)})
+        return
     sift = (args.sift_side, args.sift_keypoints)
     configs = [c for c in CONFIGS if not args.only or c["name"] in args.only]
     run(study, configs, sift)

@@ -31,6 +31,7 @@ from engine.errors import InvalidImage, PruneRefused
 from engine.fetch import fetch_url
 from engine.images import decode_image, load_image_file
 from engine.lexical import title_terms
+from engine.local_features import LocalFeatures, extract_local_features, pack
 from engine.products import ProductPayload, Products, new_payload, stored_form
 from engine.settings import IngestSettings
 from engine.store import ProductPoint, VectorStore
@@ -274,7 +275,7 @@ def _embed_and_store(to_embed, stored, loader, encoder, products, settings, summ
         pending: deque[list[tuple[tuple, list[Future]]]] = deque()
 
         def submit(batch):
-            pending.append([(item, [pool.submit(loader.load, src) for src in item[0].images]) for item in batch])
+            pending.append([(item, [pool.submit(_load_photo, loader, src) for src in item[0].images]) for item in batch])
 
         queue = iter(batches)
         for batch in queue:  # fill the look-ahead window
@@ -304,6 +305,13 @@ def _embed_and_store(to_embed, stored, loader, encoder, products, settings, summ
     summary.seconds.update(timings)
 
 
+def _load_photo(loader: ImageLoader, source: str) -> tuple[Image.Image, LocalFeatures]:
+    """A decoded catalog photo and its local features, both made on a decode worker: OpenCV's SIFT
+    releases the GIL, so it runs beside the encoder as decoding does."""
+    image = loader.load(source)
+    return image, extract_local_features(image)
+
+
 def _collect(decoded, summary: IngestSummary):
     """Photos of each product that decoded; a product with none is skipped and reported."""
     ready = []
@@ -327,7 +335,7 @@ def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list
     if not ready:
         return []
     t = time.perf_counter()
-    photos = [image for *_, images in ready for image in images]
+    photos = [image for *_, images in ready for image, _ in images]
     photo_vectors, look_vectors = encoder.encode_photos(photos)
     titles = [row.title for row, *_ in ready]
     title_vectors = encoder.encode_texts(titles)
@@ -340,5 +348,6 @@ def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list
         offset += len(images)
         points.append(ProductPoint(row.product_id, np.ascontiguousarray(vectors), title_vector,
                                    stored_form(payload_of(row, c_hash, m_hash, encoder.info.tag, loader)), sentence,
-                                   title_terms(row.title), np.ascontiguousarray(looks)))
+                                   title_terms(row.title), np.ascontiguousarray(looks),
+                                   pack([features for _, features in images])))
     return points

@@ -18,5 +18,8 @@ run search --text "red floral summer dress" --k 5
 run search --image demo/queries/handbag.jpg --k 5
 run search --image demo/queries/handbag.jpg --text "in brown" --k 5
 run search --text "black analog watch" --category Watches --max-price 30 --k 5 --explain
+# A real shopper's phone photo of a milk carton on a supermarket shelf, against 38 grocery products.
+run ingest demo/grocery/catalog.csv --store "$SNAPSHOP_STORE__PATH-grocery"
+run search --image demo/grocery/queries/milk.jpg --store "$SNAPSHOP_STORE__PATH-grocery" --k 3 --explain
 echo
 echo "Next: .venv/bin/snapshop serve --store $SNAPSHOP_STORE__PATH   and open http://127.0.0.1:8000/"

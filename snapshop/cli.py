@@ -146,6 +146,8 @@ def _echo_dry_run(catalog: Path, data: dict, total: int, report: Path | None) ->
 def search(
     text: Annotated[Optional[str], typer.Option("--text", "-t", help="What the shopper typed.")] = None,
     image: Annotated[Optional[Path], typer.Option("--image", "-i", help="A photo to search with.")] = None,
+    crop: Annotated[Optional[str], typer.Option(
+        help="Search only this box of the photo: x,y,w,h as fractions of its width and height.")] = None,
     category: Annotated[Optional[list[str]], typer.Option(help="Only these categories (repeatable).")] = None,
     min_price: Annotated[Optional[float], typer.Option(help="Lowest price.")] = None,
     max_price: Annotated[Optional[float], typer.Option(help="Highest price.")] = None,
@@ -169,11 +171,15 @@ def search(
     """Search by --text, --image, or both, with optional filters."""
     from engine.images import load_image_file
     from engine.model_loading import load_encoder
+    from engine.regions import Region
     from engine.search import Searcher, SearchQuery
     from engine.store import SearchFilters, open_store
 
     settings = build_settings(store, qdrant_url, model)
     weights = _parse_weights(weight or [])
+    region = Region.parse(crop) if crop else None
+    if region is not None and image is None:
+        fail("--crop is a box in the photo: give --image too")
     photo = load_image_file(image) if image else None
     filters = SearchFilters(tuple(category or ()), min_price, max_price)
     encoder = load_encoder(settings.model)
@@ -184,7 +190,7 @@ def search(
         filters = searcher.attribute_filters(filters, _parse_json_object(attributes, "--attributes"))
         response = searcher.search(
             SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights,
-                        sort=sort, offset=offset, floor=floor, out_of_stock=out_of_stock))
+                        sort=sort, offset=offset, floor=floor, out_of_stock=out_of_stock, crop=region))
     if as_json:
         typer.echo(json.dumps({"nothing_close": response.nothing_close, "total": response.total,
                                "offset": response.offset,

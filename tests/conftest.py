@@ -19,6 +19,18 @@ FASHION = DATA / "fashion"
 GROCERY = DATA / "grocery"
 
 
+def checkerboard_features():
+    """Local features of one made-up photo with plenty of corners (seeded random blocks)."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.local_features import extract_local_features
+
+    blocks = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    photo = Image.fromarray(blocks).resize((240, 240), Image.Resampling.NEAREST)
+    return [extract_local_features(photo)]
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"development data not found at {path} (set SNAPSHOP_DATA)")

@@ -6,15 +6,18 @@ that write use products of their own and leave the shop as they found it.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
@@ -128,6 +131,46 @@ def test_a_photo_finds_its_own_product(client, shop):
     assert str(record["id"]) in [hit["id"] for hit in response.json()["data"]]
 
 
+def test_a_box_drawn_on_the_photo_searches_only_that_region(client, shop):
+    """A shopper's photo of a shelf with the product in its lower right quarter: searching the box
+    finds the product first, and the answer says which region was searched."""
+    record = shop[1][7]
+    product = Image.open(io.BytesIO(photo_of(shop, record))).convert("RGB").resize((200, 200))
+    shelf = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).resize((400, 400))
+    shelf.paste(product, (200, 200))
+    buffer = io.BytesIO()
+    shelf.save(buffer, "JPEG", quality=92)
+    files = {"photo": ("shelf.jpg", buffer.getvalue(), "image/jpeg")}
+    response = client.post("/search", files=files, data={"k": "3", "crop": "0.5,0.5,0.5,0.5"})
+    assert response.status_code == 200
+    assert response.json()["data"][0]["id"] == str(record["id"])
+    assert response.json()["region"] == [0.5, 0.5, 0.5, 0.5]
+    whole = client.post("/search", files=files, data={"k": "3"}).json()
+    assert whole["region"] == [0.0, 0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("crop, detail", [
+    ("0.6,0.2,0.5,0.5", "crop (0.6, 0.2, 0.5, 0.5) is outside the photo: x + w and y + h must be at most 1 "
+                        "(fractions of the photo's width and height)"),
+    ("-0.1,0,0.5,0.5", "crop (-0.1, 0.0, 0.5, 0.5) is outside the photo: x and y must be >= 0, w and h > 0 "
+                       "(fractions of the photo's width and height)"),
+    ("0.1,0.1,0.5", "crop must be 4 numbers x,y,w,h (fractions of the photo), got 3"),
+    ("a,b,c,d", "crop must be 4 numbers x,y,w,h (fractions of the photo), got 'a,b,c,d'"),
+    ("0,0,0.01,0.01", "crop is 2x2 px of a 224x224 photo: at least 16 px a side are needed"),
+])
+def test_a_crop_outside_the_photo_is_422_with_the_reason(client, shop, crop, detail):
+    files = {"photo": ("query.jpg", photo_of(shop, shop[1][3]), "image/jpeg")}
+    response = client.post("/search", files=files, data={"crop": crop})
+    assert response.status_code == 422
+    assert response.json() == {"detail": detail}
+
+
+def test_a_crop_without_a_photo_is_422(client):
+    response = client.post("/search", data={"text": "shirt", "crop": "0,0,0.5,0.5"})
+    assert response.status_code == 422
+    assert response.json() == {"detail": "crop is a box in the photo: send a photo with it"}
+
+
 def test_photo_text_and_filters_together_keep_to_the_filters(client, shop):
     record = next(r for r in shop[1] if r["category"] == "Handbags")
     files = {"photo": ("bag.jpg", photo_of(shop, record), "image/jpeg")}
@@ -223,7 +266,7 @@ def test_a_photo_that_does_not_decode_is_422_with_the_reason(client, content, re
 def test_search_defaults_give_the_ranker_weights(client):
     body = client.get("/search/defaults").json()
     assert set(body["weights"]) == {"image", "look", "caption", "text", "bm25", "category", "price", "popularity",
-                                    "personal"}
+                                    "personal", "match"}
     assert body["max_upload_bytes"] == MAX_UPLOAD and body["max_k"] == 200
 
 

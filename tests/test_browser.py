@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from PIL import Image
 
 from api.app import create_app
 from engine.settings import DEV_API_KEY, ApiSettings, IngestSettings, Settings, StoreSettings
@@ -114,6 +115,39 @@ def test_a_shopper_finds_a_product_by_photo_and_narrows_by_price(server, page, s
     prices = shown_prices(page)
     assert prices and all(low <= price <= high for price in prices), prices
     page.screenshot(path=str(ARTIFACTS / "shopper-price-filter.png"), full_page=True)
+
+
+def test_a_shopper_draws_a_box_on_the_photo_and_searches_that_part(server, page, small_rows):
+    """Two products side by side in one photo: a box dragged around the right one searches it alone
+    (the answer names the box searched); a click on the photo goes back to all of it."""
+    base_url, shop = server
+    left, right = (small_rows[small_rows.category == c].iloc[1] for c in ("Watches", "Sports Shoes"))
+    pair = Image.new("RGB", (448, 224), "white")
+    for offset, product in ((0, left), (224, right)):
+        pair.paste(Image.open(shop / "images" / Path(product["image"]).name).convert("RGB").resize((224, 224)),
+                   (offset, 0))
+    photo = shop.parent / "pair.jpg"
+    pair.save(photo, "JPEG", quality=92)
+    open_page(page, base_url)
+    search_and_wait(page, lambda: page.set_input_files("#photo-input", str(photo)))
+    box = page.locator("#photo-preview").bounding_box()
+    # The preview shows the 2:1 photo letterboxed in a square: its right half spans these points.
+    top = box["y"] + box["height"] / 4
+    with page.expect_response(lambda response: response.url.endswith("/search")) as answered:
+        page.mouse.move(box["x"] + box["width"] * 0.52, top + 2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.75, top + box["height"] / 4, steps=4)
+        page.mouse.move(box["x"] + box["width"] * 0.99, top + box["height"] / 2 - 2, steps=4)
+        page.mouse.up()
+    page.wait_for_selector("#results[data-status=ready]")
+    region = answered.value.json()["region"]  # the box the page sent, as the API searched it
+    assert region[0] > 0.5 and region[2] < 0.5, region
+    assert page.locator("#crop-box").is_visible()
+    first = page.locator("#results .card").first.get_attribute("data-id")
+    assert first == str(right["id"])
+    page.screenshot(path=str(ARTIFACTS / "shopper-crop-box.png"), full_page=True)
+    search_and_wait(page, lambda: page.locator("#photo-preview").click())
+    assert page.locator("#crop-box").is_hidden()
 
 
 def test_categories_come_from_the_facets_and_filter_the_grid(server, page):

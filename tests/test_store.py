@@ -1,12 +1,17 @@
 """The store: both back ends keep products, filter, and refuse vectors of another model."""
 
+import json
+
 import numpy as np
 import pytest
 
 from engine.errors import StoreModelMismatch, StoreUnavailable
 from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
+from engine.local_features import pack, unpack, verify
 from engine.store import CAPTION_VECTOR, IMAGE_VECTOR, ProductPoint, SearchFilters, open_store
+from engine.store.base import LOCAL_VECTOR, VectorQuery
+from tests.conftest import checkerboard_features
 
 INFO = ModelInfo("snapshop-lit-fashion", "1-test", 8)
 
@@ -19,7 +24,8 @@ def unit(*values):
 def products():
     return [
         ProductPoint("shirt-1", np.stack([unit(1, 0, 0, 0, 0, 0, 0, 0), unit(1, 1, 0, 0, 0, 0, 0, 0)]),
-                     unit(0, 0, 1, 0, 0, 0, 0, 0), {"title": "Blue shirt", "price": 20.0, "category": "Shirts"}),
+                     unit(0, 0, 1, 0, 0, 0, 0, 0), {"title": "Blue shirt", "price": 20.0, "category": "Shirts"},
+                     local_features=pack(checkerboard_features())),
         ProductPoint("shirt-2", np.stack([unit(0.9, 0.1, 0, 0, 0, 0, 0, 0)]), unit(0, 0, 1, 0.2, 0, 0, 0, 0),
                      {"title": "Black shirt", "price": 45.0, "category": "Shirts"}),
         ProductPoint("watch-1", np.stack([unit(0, 0, 0, 0, 1, 0, 0, 0)]), unit(0, 0, 0, 0, 0, 1, 0, 0),
@@ -190,54 +196,23 @@ def test_graphs_are_built_only_where_search_walks_them(settings):
 
 def test_warming_reads_the_embedded_store_into_memory(settings):
     """The API warms its store at start: the embedded one reads every segment file once (the
-    first shoppers' searches then find vectors and graphs in memory); a server warms itself."""
+    first shoppers' searches then find vectors and graphs in memory), except the photos' local
+    features, which stay on disk (only a few candidates' are read a query); a server warms itself."""
     with open_store(settings, INFO) as store:
         store.upsert(products())
         read = store.warm()
         if settings.url is None:
             segments = settings.path / settings.collection / "shard" / "segments"
-            on_disk = sum(p.stat().st_size for p in segments.rglob("*") if p.is_file())
-            assert read == on_disk > 0
+            files = [p for p in segments.rglob("*") if p.is_file()]
+            local = sum(p.stat().st_size for p in files if f"vector_storage-{LOCAL_VECTOR}" in p.parts)
+            assert local > 0
+            assert read == sum(p.stat().st_size for p in files) - local > 0
         else:
             assert read == 0
         assert store.query(unit(1, 0, 0, 0, 0, 0, 0, 0), IMAGE_VECTOR, SearchFilters(), 1)[0].product_id == "shirt-1"
 
 
-def test_a_store_made_before_the_vectors_were_renamed_keeps_opening(tmp_path, monkeypatch):
-    """Stores of schema 3 named the joint-space title "text" and its sentence embedding "title"; such
-    a store (made here with the old names in Qdrant) opens, searches, reads and takes writes."""
-    import json
-
-    import engine.store.edge as edge
-    from engine.store.base import SENTENCE_VECTOR, model_record
-
-    settings = StoreSettings(path=tmp_path / "store")
-    shard = settings.path / settings.collection / "shard"
-
-    def with_sentences(points):
-        for n, p in enumerate(points):
-            p.sentence_vector = np.eye(384, dtype=np.float32)[n]
-        return points
-
-    monkeypatch.setattr(edge, "model_record", lambda info: {**model_record(info), "schema": 3})
-    with open_store(settings, INFO) as store:
-        store.upsert(with_sentences(products()[:2]))
-    monkeypatch.undo()
-    assert set(json.loads((shard / "edge_config.json").read_text())["vectors"]) == {"image", "text", "title"}
-
-    with open_store(settings, INFO) as store:
-        assert store.layout.name(CAPTION_VECTOR) == "text" and store.layout.name(SENTENCE_VECTOR) == "title"
-        store.upsert(with_sentences(products())[2:])  # written in the store's own names
-        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), CAPTION_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
-        assert store.query(np.eye(384, dtype=np.float32)[1], SENTENCE_VECTOR, SearchFilters(), 1)[0].product_id \
-            == "shirt-2"
-        stored = store.get(["shirt-1", "watch-1"], with_vectors=[CAPTION_VECTOR, SENTENCE_VECTOR])
-        assert stored["watch-1"].caption_vector[5] > 0.99 and stored["shirt-1"].sentence_vector[0] == 1.0
-        assert all(p.caption_vector is not None for p in store.sample(10))
-    assert set(json.loads((shard / "edge_config.json").read_text())["vectors"]) == {"image", "text", "title"}
-
-    fresh = StoreSettings(path=tmp_path / "new")
-    with open_store(fresh, INFO) as store:
-        assert store.layout.name(CAPTION_VECTOR) == "caption"
-    vectors = json.loads((fresh.path / fresh.collection / "shard" / "edge_config.json").read_text())["vectors"]
-    assert set(vectors) == {"image", "caption", "text"}
+from engine.local_features import pack, unpack, verify
+from engine.store import CAPTION_VECTOR, IMAGE_VECTOR, ProductPoint, SearchFilters, open_store
+from engine.store.base import LOCAL_VECTOR, VectorQuery
+from tests.conftest import checkerboard_features

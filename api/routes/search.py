@@ -28,6 +28,7 @@ from api.uploads import decode_photo, read_photo
 from api.views import to_hit
 from engine.errors import InvalidQuery
 from engine.fetch import fetch_url
+from engine.regions import Region
 from engine.search import SearchQuery
 from engine.store import SearchFilters
 
@@ -42,6 +43,7 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
                  photo: PhotoFile = None) -> SearchResults:
     filters = runtime.searcher.attribute_filters(SearchFilters(tuple(form.category), form.min_price, form.max_price),
                                                  form.attributes)
+    crop = Region.parse(form.crop) if form.crop else None
     decode_started = time.perf_counter()
     image, photo_bytes = await _decoded_photo(photo, runtime)
     if form.image_url is not None:
@@ -49,11 +51,13 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
             raise InvalidQuery("give a photo or an image_url, not both")
         image, photo_bytes = await _photo_at(form.image_url, runtime)
     decode_seconds = time.perf_counter() - decode_started
+    if crop is not None and image is None:
+        raise InvalidQuery("crop is a box in the photo: send a photo with it")
     query = SearchQuery(
         text=form.text, image=image, filters=filters, k=form.k or runtime.settings.search.default_k,
         photo_text_mix=form.photo_text_mix, weights=form.weights, price_target=form.price_target,
         history=tuple(form.history), offset=form.offset, sort=form.sort, floor=form.floor, facets=form.facets,
-        out_of_stock=form.out_of_stock, ungrouped=form.ungrouped, merchandising=form.merchandising,
+        out_of_stock=form.out_of_stock, ungrouped=form.ungrouped, merchandising=form.merchandising, crop=crop,
     )
     response = await runtime.run(runtime.searcher.search, query)
     seconds = {"decode": decode_seconds, **response.seconds} if image is not None else response.seconds
@@ -66,7 +70,8 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
     return SearchResults(data=hits, count=len(hits), nothing_close=response.nothing_close,
                          predicted_category=response.predicted_category, query_id=query_id, total=response.total,
                          offset=response.offset, next_offset=end if end < response.total else None,
-                         facets=_query_facets(response.facets) if response.facets is not None else None)
+                         facets=_query_facets(response.facets) if response.facets is not None else None,
+                         region=response.region.as_list() if response.region else None)
 
 
 def _query_facets(counts: dict) -> QueryFacets:

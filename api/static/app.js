@@ -12,7 +12,7 @@ const LIVE_DELAY_MS = 250;
 const $ = (selector) => document.querySelector(selector);
 const PAGE_SIZE = 24;
 const state = {
-  photo: null, categories: new Set(), defaults: null, weights: {}, mix: 0.5,
+  photo: null, crop: null, drag: null, categories: new Set(), defaults: null, weights: {}, mix: 0.5,
   attributes: new Map(), next: null, rules: { rules: [], synonyms: [] }, // attribute name -> Set of chosen values; the next page's offset
   merchandiser: location.pathname.startsWith("/merchandiser"), inflight: null, timer: null,
 };
@@ -37,6 +37,7 @@ function searchForm(offset = 0) {
   const text = $("#text-input").value.trim();
   if (text) form.append("text", text);
   if (state.photo) form.append("photo", state.photo, state.photo.name || "photo.jpg");
+  if (state.photo && state.crop) form.append("crop", state.crop.map((v) => v.toFixed(4)).join(","));
   for (const category of state.categories) form.append("category", category);
   const min = $("#min-price").value, max = $("#max-price").value;
   if (min !== "") form.append("min_price", min);
@@ -118,7 +119,8 @@ function showMore(body) {
 
 function summary(body) {
   if (!body.count) return "No products match these filters.";
-  const found = body.total > body.count ? `${body.total} products` : `${body.count} product${body.count === 1 ? "" : "s"}`;
+  const boxed = state.crop && body.region ? " for the box you drew" : "";
+  const found = (body.total > body.count ? `${body.total} products` : `${body.count} product${body.count === 1 ? "" : "s"}`) + boxed;
   return body.nothing_close ? `${found} — nothing very close; these are the nearest.` : found;
 }
 
@@ -257,6 +259,7 @@ function setPhoto(file) {
     return;
   }
   state.photo = file || null;
+  setCrop(null);
   const preview = $("#photo-preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   preview.hidden = !file;
@@ -267,7 +270,58 @@ function setPhoto(file) {
   runSearch();
 }
 
+// --- a box drawn on the photo: search only that part (as Lens does) --------------------------------------
+function photoRect() {
+  // The photo's drawn area inside the preview (object-fit: contain leaves bars around it).
+  const preview = $("#photo-preview");
+  const box = preview.getBoundingClientRect();
+  const scale = Math.min(box.width / preview.naturalWidth, box.height / preview.naturalHeight);
+  const width = preview.naturalWidth * scale, height = preview.naturalHeight * scale;
+  return { left: box.left + (box.width - width) / 2, top: box.top + (box.height - height) / 2, width, height };
+}
+
+function setCrop(crop) {
+  state.crop = crop;
+  const marker = $("#crop-box");
+  marker.hidden = !crop;
+  if (!crop) return;
+  const rect = photoRect(), zone = $("#drop-zone").getBoundingClientRect();
+  Object.assign(marker.style, {
+    left: `${rect.left - zone.left + crop[0] * rect.width}px`, top: `${rect.top - zone.top + crop[1] * rect.height}px`,
+    width: `${crop[2] * rect.width}px`, height: `${crop[3] * rect.height}px`,
+  });
+}
+
+function wireCropBox() {
+  const preview = $("#photo-preview");
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  const point = (event) => {
+    const rect = photoRect();
+    return [clamp((event.clientX - rect.left) / rect.width), clamp((event.clientY - rect.top) / rect.height)];
+  };
+  preview.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    preview.setPointerCapture(event.pointerId);
+    state.drag = { start: point(event), moved: false };
+  });
+  preview.addEventListener("pointermove", (event) => {
+    if (!state.drag) return;
+    const [x0, y0] = state.drag.start, [x1, y1] = point(event);
+    const crop = [Math.min(x0, x1), Math.min(y0, y1), Math.abs(x1 - x0), Math.abs(y1 - y0)];
+    if (crop[2] > 0.03 && crop[3] > 0.03) { state.drag.moved = true; setCrop(crop); }
+  });
+  preview.addEventListener("pointerup", () => {
+    const drag = state.drag;
+    state.drag = null;
+    if (drag && drag.moved) runSearch();
+    else if (state.crop) { setCrop(null); runSearch(); }  // a click without a drag: the whole photo again
+  });
+  // A drag (or a click clearing the box) on the photo must not open the file chooser.
+  preview.addEventListener("click", (event) => event.preventDefault());
+}
+
 function wirePhotoInput() {
+  wireCropBox();
   const zone = $("#drop-zone");
   $("#photo-input").addEventListener("change", (event) => setPhoto(event.target.files[0]));
   $("#photo-clear").addEventListener("click", (event) => { event.preventDefault(); setPhoto(null); });

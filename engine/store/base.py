@@ -9,6 +9,7 @@ product overwrites it instead of duplicating it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Iterable, Iterator
@@ -21,11 +22,16 @@ from engine.errors import InvalidQuery, StoreModelMismatch
 from engine.model_info import ModelInfo
 from engine.records import check_payload
 
+log = logging.getLogger(__name__)
+
 IMAGE_VECTOR = "image"  # photos in the joint space (multivector, MaxSim)
 CAPTION_VECTOR = "caption"  # the title in the joint space: what the signal ``caption`` reads
 SENTENCE_VECTOR = "text"  # the title as a MiniLM sentence embedding: what the signal ``text`` reads
 BM25_VECTOR = "bm25"  # the title's terms, scored BM25 (sparse, IDF)
 LOOK_VECTOR = "look"  # photos' appearance: the image trunk's pooled features (multivector, MaxSim)
+# Photos' local features (engine.local_features.pack): uint8 rows on disk, read back only for the
+# few candidates a photo query verifies; never searched, so it has no graph.
+LOCAL_VECTOR = "local"
 SENTENCE_DIM = 384
 _ID_NAMESPACE = uuid.UUID("6f1c3c8e-6a57-4d39-9b6e-2f5a3a1f0c42")
 
@@ -101,6 +107,7 @@ class ProductPoint:
     sentence_vector: np.ndarray | None = None  # (384,)
     terms: tuple[list[int], list[float]] | None = None  # BM25 sparse (indices, values)
     look_vectors: np.ndarray | None = None  # (photos, look_dim)
+    local_features: np.ndarray | None = None  # (keypoints, PACKED_WIDTH) uint8, engine.local_features.pack
 
 
 @dataclass
@@ -111,6 +118,7 @@ class StoredProduct:
     caption_vector: np.ndarray | None = None
     sentence_vector: np.ndarray | None = None
     look_vectors: np.ndarray | None = None
+    local_features: np.ndarray | None = None
 
 
 @dataclass
@@ -122,6 +130,7 @@ class Hit:
     caption_vector: np.ndarray | None = None
     sentence_vector: np.ndarray | None = None
     look_vectors: np.ndarray | None = None
+    local_features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -309,10 +318,26 @@ def recorded_info(record: dict) -> ModelInfo:
 
 
 def model_record(info: ModelInfo) -> dict:
+    # local_features: the store has the LOCAL_VECTOR (stores made before it had none, and are
+    # still searched, without the match signal, until re-indexed).
     return {"model": info.name, "model_version": info.version, "dim": info.dim, "look_dim": info.look_dim,
-            "schema": SCHEMA}
+            "schema": SCHEMA, "local_features": True}
 
 
+def sampled_vectors(info: ModelInfo) -> list[str]:
+    """What a random sample of the catalog (the ranker's backgrounds) reads: every vector but the
+    local features, which are never compared with a background (and cost ~30 KB a product)."""
+    return [IMAGE_VECTOR, CAPTION_VECTOR, SENTENCE_VECTOR, *([LOOK_VECTOR] if info.look_dim else [])]
+
+
+def keeps_local_features(record: dict, where: str) -> bool:
+    """Whether a store made with this model record has the LOCAL_VECTOR; says so when it has not."""
+    if record.get("local_features"):
+        return True
+    log.warning("%s was made before photos' local features were stored: photo searches run without the "
+                "'match' signal (geometric verification) until it is re-indexed with `snapshop ingest` "
+                "into a new store", where)
+    return False
 
 
 def stored_payload(p: ProductPoint) -> dict:
@@ -324,27 +349,32 @@ def stored_payload(p: ProductPoint) -> dict:
 
 
 def vectors_of(vector, layout: VectorLayout = CURRENT_LAYOUT) -> tuple[np.ndarray | None, ...]:
-    """(photos, title in joint space, title sentence, photos' appearance) from named vectors."""
+    """(photos, title in joint space, title sentence, photos' appearance, photos' local features)
+    from named vectors."""
     vector = layout.today(vector)
     if not isinstance(vector, dict):
-        return None, None, None, None
+        return None, None, None, None, None
 
-    def dense(name):
+    def dense(name, dtype=np.float32):
         value = vector.get(name)
-        return np.asarray(value, dtype=np.float32) if value is not None else None
+        return np.asarray(value, dtype=dtype) if value is not None else None
 
-    return dense(IMAGE_VECTOR), dense(CAPTION_VECTOR), dense(SENTENCE_VECTOR), dense(LOOK_VECTOR)
+    return (dense(IMAGE_VECTOR), dense(CAPTION_VECTOR), dense(SENTENCE_VECTOR), dense(LOOK_VECTOR),
+            dense(LOCAL_VECTOR, np.uint8))
 
 
-def named_vectors(p: ProductPoint, sparse_vector, layout: VectorLayout = CURRENT_LAYOUT) -> dict:
+def named_vectors(p: ProductPoint, sparse_vector, layout: VectorLayout = CURRENT_LAYOUT, local: bool = True) -> dict:
     """A product's named vectors as the store takes them; ``sparse_vector`` is the client's class
-    (Qdrant Edge and qdrant-client each have their own, with the same fields)."""
+    (Qdrant Edge and qdrant-client each have their own, with the same fields); ``local``: whether
+    the store keeps local features."""
     vectors = {IMAGE_VECTOR: p.image_vectors.astype(np.float32).tolist(),
                CAPTION_VECTOR: p.caption_vector.astype(np.float32).tolist()}
     if p.sentence_vector is not None:
         vectors[SENTENCE_VECTOR] = p.sentence_vector.astype(np.float32).tolist()
     if p.look_vectors is not None:
         vectors[LOOK_VECTOR] = p.look_vectors.astype(np.float32).tolist()
+    if local and p.local_features is not None and len(p.local_features):
+        vectors[LOCAL_VECTOR] = p.local_features.astype(np.float32).tolist()
     if p.terms is not None and p.terms[0]:
         vectors[BM25_VECTOR] = sparse_vector(indices=list(p.terms[0]), values=list(p.terms[1]))
     return {layout.name(name): value for name, value in vectors.items()}

@@ -31,6 +31,7 @@ import qdrant_edge as qe
 
 from engine.attributes import PAYLOAD_PREFIX, payload_key
 from engine.errors import StoreError, StoreUnavailable
+from engine.local_features import PACKED_WIDTH
 from engine.model_info import ModelInfo
 from engine.records import check_payload
 from engine.signals import SIGNALS
@@ -42,6 +43,7 @@ from engine.store.base import (
     GRAPH_FIELDS,
     IMAGE_VECTOR,
     KEYWORD_FIELDS,
+    LOCAL_VECTOR,
     LOOK_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
@@ -53,9 +55,11 @@ from engine.store.base import (
     VectorQuery,
     VectorStore,
     check_model,
+    keeps_local_features,
     model_record,
     named_vectors,
     point_id,
+    sampled_vectors,
     stored_payload,
     vectors_of,
 )
@@ -123,6 +127,7 @@ class EdgeStore(VectorStore):
             record = stored_record(self.dir.parent, self.dir.name)
             check_model(record, info, f"the store at {self.dir}")
             self.layout = VectorLayout.of_record(record)
+            self.local_features = keeps_local_features(record, f"the store at {self.dir}")
             self.shard = self._open(lambda: qe.EdgeShard.load(str(shard_path)))
         else:
             if shard_path.exists():
@@ -138,6 +143,7 @@ class EdgeStore(VectorStore):
                 self.shard.update(qe.UpdateOperation.create_field_index(name, params))
             # Written last, and atomically: a store without it is an unfinished creation.
             _write_atomically(meta_path, json.dumps(record, indent=2))
+            self.local_features = True
 
     def _discard_unfinished(self, shard_path: Path) -> None:
         """Remove a shard whose creation was cut short (a process killed before snapshop.json).
@@ -199,6 +205,10 @@ class EdgeStore(VectorStore):
             # Half precision: appearance vectors are 5x the joint ones, and fp16 loses no ranking.
             vectors[LOOK_VECTOR] = dense(info.look_dim, LOOK_VECTOR, multivector_config=maxsim,
                                          datatype=qe.VectorStorageDatatype.Float16)
+        # Bytes on disk, read only for the candidates verified (engine.local_features).
+        vectors[LOCAL_VECTOR] = qe.EdgeVectorParams(size=PACKED_WIDTH, distance=qe.Distance.Dot, on_disk=True,
+                                                    multivector_config=maxsim, hnsw_config=_NO_GRAPH,
+                                                    datatype=qe.VectorStorageDatatype.Uint8)
         return qe.EdgeConfig(
             vectors={layout.name(name): params for name, params in vectors.items()},
             sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
@@ -210,8 +220,8 @@ class EdgeStore(VectorStore):
         if not points:
             return
         edge_points = [
-            qe.Point(id=point_id(p.product_id), vector=named_vectors(p, qe.SparseVector, self.layout),
-                     payload=stored_payload(p)) for p in points
+            qe.Point(id=point_id(p.product_id), payload=stored_payload(p),
+                     vector=named_vectors(p, qe.SparseVector, self.layout, self.local_features)) for p in points
         ]
         with self._write_lock:
             self.shard.update(qe.UpdateOperation.upsert_points(edge_points))
@@ -234,7 +244,8 @@ class EdgeStore(VectorStore):
         total, buffer = 0, bytearray(8 << 20)
         for path in sorted((self.dir / "shard" / "segments").rglob("*")):
             try:
-                if path.is_file():
+                # The local features stay on disk: only the verified candidates' are read.
+                if path.is_file() and f"vector_storage-{LOCAL_VECTOR}" not in path.parts[-4:-1]:
                     with open(path, "rb", buffering=0) as handle:
                         while read := handle.readinto(buffer):
                             total += read
@@ -375,7 +386,8 @@ class EdgeStore(VectorStore):
         return {str(hit.value): hit.count for hit in response.hits}
 
     def sample(self, size: int) -> list[StoredProduct]:
-        request = qe.QueryRequest(limit=size, query=qe.Sample.Random, with_payload=["product_id"], with_vector=True)
+        request = qe.QueryRequest(limit=size, query=qe.Sample.Random, with_payload=["product_id"],
+                                  with_vector=self.layout.names(sampled_vectors(self.info)))
         return [StoredProduct(p.payload["product_id"], dict(p.payload), *vectors_of(p.vector, self.layout))
                 for p in self.shard.query(request)]
 

@@ -14,6 +14,7 @@ from qdrant_client import models as qm
 
 from engine.attributes import PAYLOAD_PREFIX, payload_key
 from engine.errors import StoreError, StoreUnavailable
+from engine.local_features import PACKED_WIDTH
 from engine.model_info import ModelInfo
 from engine.records import check_payload
 from engine.signals import SIGNALS
@@ -25,6 +26,7 @@ from engine.store.base import (
     GRAPH_FIELDS,
     IMAGE_VECTOR,
     KEYWORD_FIELDS,
+    LOCAL_VECTOR,
     LOOK_VECTOR,
     SENTENCE_DIM,
     SENTENCE_VECTOR,
@@ -36,9 +38,11 @@ from engine.store.base import (
     VectorQuery,
     VectorStore,
     check_model,
+    keeps_local_features,
     model_record,
     named_vectors,
     point_id,
+    sampled_vectors,
     stored_payload,
     vectors_of,
 )
@@ -89,8 +93,10 @@ class ServerStore(VectorStore):
             metadata = self.client.get_collection(collection).config.metadata or {}
             check_model(metadata, info, f"the collection '{collection}' at {url}")
             self.layout = VectorLayout.of_record(metadata)
+            self.local_features = keeps_local_features(metadata, f"the collection '{collection}' at {url}")
         else:
             self._create(info)
+            self.local_features = True
 
     def _create(self, info: ModelInfo) -> None:
         record = model_record(info)
@@ -101,6 +107,10 @@ class ServerStore(VectorStore):
             SENTENCE_VECTOR: _dense(SENTENCE_DIM, SENTENCE_VECTOR),
             **({LOOK_VECTOR: _dense(info.look_dim, LOOK_VECTOR, multivector_config=_MAXSIM,
                                     datatype=qm.Datatype.FLOAT16)} if info.look_dim else {}),
+            # Bytes on disk, read only for the candidates verified (engine.local_features).
+            LOCAL_VECTOR: qm.VectorParams(size=PACKED_WIDTH, distance=qm.Distance.DOT, on_disk=True,
+                                          multivector_config=_MAXSIM, hnsw_config=qm.HnswConfigDiff(m=0),
+                                          datatype=qm.Datatype.UINT8),
         }
         self.client.create_collection(
             self.collection,
@@ -124,7 +134,8 @@ class ServerStore(VectorStore):
         self.client.upsert(
             self.collection,
             points=[
-                qm.PointStruct(id=point_id(p.product_id), vector=named_vectors(p, qm.SparseVector, self.layout),
+                qm.PointStruct(id=point_id(p.product_id),
+                               vector=named_vectors(p, qm.SparseVector, self.layout, self.local_features),
                                payload=stored_payload(p))
                 for p in points
             ],
@@ -256,7 +267,8 @@ class ServerStore(VectorStore):
 
     def sample(self, size: int) -> list[StoredProduct]:
         response = self.client.query_points(self.collection, query=qm.SampleQuery(sample=qm.Sample.RANDOM),
-                                            limit=size, with_payload=["product_id"], with_vectors=True)
+                                            limit=size, with_payload=["product_id"],
+                                            with_vectors=self.layout.names(sampled_vectors(self.info)))
         return [StoredProduct(p.payload["product_id"], p.payload, *vectors_of(p.vector, self.layout))
                 for p in response.points]
 

@@ -27,6 +27,7 @@ import numpy as np
 from engine.encoder import Encoder
 from engine.images import load_image_file
 from engine.lexical import title_terms
+from engine.local_features import PACKED_WIDTH, extract_local_features, pack
 from engine.products import new_payload, stored_form
 from engine.settings import IngestSettings
 from engine.store import ProductPoint, VectorStore
@@ -49,6 +50,7 @@ class RealEmbeddings:
     sentence: np.ndarray  # (S, 384)
     terms: list[tuple[list[int], list[float]]]
     look: np.ndarray | None = None  # (S, look_dim) appearance vectors, when the model makes them
+    local: list[np.ndarray | None] | None = None  # each photo's packed local features (engine.local_features)
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -58,7 +60,8 @@ def real_embeddings(encoder: Encoder, catalog_path: Path, count: int, cache_dir:
     """The first ``count`` products of the catalog with their vectors, from the cache when it has them."""
     catalog = read_catalog(catalog_path)
     rows = [row for row in catalog.rows if row.images][:count]
-    stamp = f"{Path(catalog_path).resolve()}:{Path(catalog_path).stat().st_mtime_ns}:{len(rows)}:{encoder.info.tag}"
+    stamp = (f"{Path(catalog_path).resolve()}:{Path(catalog_path).stat().st_mtime_ns}:{len(rows)}:{encoder.info.tag}"
+             ":local")
     key = hashlib.sha256(f"{stamp}:{encoder.dtype}".encode()).hexdigest()[:16]
     vectors_path, meta_path = cache_dir / f"real-{key}.npz", cache_dir / f"real-{key}.json"
     if vectors_path.exists() and meta_path.exists():
@@ -67,11 +70,16 @@ def real_embeddings(encoder: Encoder, catalog_path: Path, count: int, cache_dir:
         return RealEmbeddings(meta["product_ids"], meta["titles"], meta["categories"], arrays["prices"],
                               meta["image_files"], meta["fields"], arrays["image"], arrays["text"],
                               arrays["sentence"], [tuple(t) for t in meta["terms"]],
-                              arrays["look"] if "look" in arrays.files else None)
+                              arrays["look"] if "look" in arrays.files else None,
+                              _split_local(arrays["local_rows"], arrays["local_counts"]))
     real = _encode_rows(encoder, rows, ImageLoader(catalog.base_dir, IngestSettings()))
     cache_dir.mkdir(parents=True, exist_ok=True)
     looks = {"look": real.look} if real.look is not None else {}
-    np.savez(vectors_path, prices=real.prices, image=real.image, text=real.text, sentence=real.sentence, **looks)
+    counts = np.array([len(rows) if rows is not None else 0 for rows in real.local], dtype=np.int64)
+    packed = [rows for rows in real.local if rows is not None]
+    local_rows = np.concatenate(packed) if packed else np.zeros((0, PACKED_WIDTH), np.uint8)
+    np.savez(vectors_path, prices=real.prices, image=real.image, text=real.text, sentence=real.sentence,
+             local_rows=local_rows, local_counts=counts, **looks)
     meta_path.write_text(json.dumps({
         "stamp": stamp, "product_ids": real.product_ids, "titles": real.titles, "categories": real.categories,
         "image_files": real.image_files, "fields": real.fields, "terms": real.terms}))
@@ -81,12 +89,13 @@ def real_embeddings(encoder: Encoder, catalog_path: Path, count: int, cache_dir:
 def _encode_rows(encoder: Encoder, rows: list[ProductRow], loader: ImageLoader, chunk: int = 256) -> RealEmbeddings:
     """Each product's first photo and its title, encoded like ingest does (photos decoded by threads)."""
     files = [loader.locate(row.images[0]) for row in rows]
-    joints, looks, kept = [], [], []
+    joints, looks, kept, local = [], [], [], []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for start in range(0, len(rows), chunk):
             decoded = list(pool.map(_try_load, files[start : start + chunk]))
             batch = [(i, image) for i, image in enumerate(decoded, start) if image is not None]
             joint, look = photo_vectors(encoder, [image for _, image in batch])
+            local += pool.map(lambda image: pack([extract_local_features(image)]), [image for _, image in batch])
             joints.append(joint)
             looks.append(look)
             kept.extend(i for i, _ in batch)
@@ -100,8 +109,14 @@ def _encode_rows(encoder: Encoder, rows: list[ProductRow], loader: ImageLoader, 
         image=np.concatenate(joints) if joints else np.zeros((0, encoder.info.dim), np.float32),
         text=encoder.encode_texts(titles), sentence=encoder.encode_sentences(titles),
         terms=[title_terms(title) for title in titles],
-        look=np.concatenate(looks) if looks and looks[0] is not None else None,
+        look=np.concatenate(looks) if looks and looks[0] is not None else None, local=local,
     )
+
+
+def _split_local(rows: np.ndarray, counts: np.ndarray) -> list[np.ndarray | None]:
+    """Each product's packed local features from their concatenation (None where a photo had none)."""
+    ends = np.cumsum(counts)
+    return [rows[end - count : end] if count else None for end, count in zip(ends, counts)]
 
 
 def photo_vectors(encoder: Encoder, images: list) -> tuple[np.ndarray, np.ndarray | None]:
@@ -216,8 +231,11 @@ def points(real: RealEmbeddings, synthetic: SyntheticCatalog, start: int, stop: 
             synthetic.category_names[synthetic.category_codes[i]], [Path(real.image_files[s]).name],
             [real.image_files[s]], real.fields[s], f"{i:024x}", f"{s:024x}", "bench"))
         look = synthetic.look[i : i + 1] if synthetic.look is not None else None
+        # A copy keeps its source photo's local features: the bytes stored and read per product
+        # are those of a real photo.
+        local = real.local[s] if real.local is not None else None
         yield ProductPoint(synthetic.product_id(i), synthetic.image[i : i + 1], synthetic.text[i], payload,
-                           synthetic.sentence[i], real.terms[s], look_vectors=look)
+                           synthetic.sentence[i], real.terms[s], look_vectors=look, local_features=local)
 
 
 def bulk_load(store: VectorStore, real: RealEmbeddings, synthetic: SyntheticCatalog, batch: int) -> dict:

@@ -164,10 +164,13 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
     # The engine's searches are timed back to back, as a server runs them, and the exact searches
     # come after: between two searches they flush the caches and leave BLAS and OpenMP threads
     # spinning on both cores, which tripled a text query's latency here.
+    stages: list[dict[str, float]] = []
     for query in queries:
         filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
+        decode = _timed_decode(real, query) if query.image is not None else {}
         latencies.append(_timed_search(searcher, SearchQuery(text=query.text, image=query.image, filters=filters,
-                                                             k=RECALL_K)))
+                                                             k=RECALL_K), stages))
+        stages[-1].update(decode)
     for query in queries:
         filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
         # The searches the engine makes for this query, as its plan says (engine.search.Searcher.plan):
@@ -195,8 +198,11 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
             recalls[probe.using].append(_overlap(hits, exact))
             probes.append((probe.using, probe.vector, filters, exact))
     engine, exact = _percentiles(latencies), _percentiles(exact_latencies)
+    decoded = [latency + stage.get("decode", 0.0) for latency, stage in zip(latencies, stages)]
     return {
         "queries": len(queries), **engine,
+        "end_to_end_p50_ms": _percentiles(decoded)["p50_ms"],
+        "stages_p50_ms": _stage_medians(stages),
         "exact_p50_ms": exact["p50_ms"], "exact_p99_ms": exact["p99_ms"],
         "engine_over_exact_p50": _ratio(engine["p50_ms"], exact["p50_ms"]),
         "ann_p50_ms": _percentiles(ann_latencies)["p50_ms"],
@@ -205,10 +211,29 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
     }, probes
 
 
-def _timed_search(searcher: Searcher, query: SearchQuery) -> float:
+def _timed_search(searcher: Searcher, query: SearchQuery, stages: list | None = None) -> float:
+    """Seconds of one search; its seconds per stage (engine.search) appended to ``stages``."""
     started = time.perf_counter()
-    searcher.search(query)
-    return time.perf_counter() - started
+    response = searcher.search(query)
+    elapsed = time.perf_counter() - started
+    if stages is not None:
+        stages.append(dict(response.seconds))
+    return elapsed
+
+
+def _timed_decode(real: RealEmbeddings, query: BenchQuery) -> dict[str, float]:
+    """Reading and decoding the query's photo file, as an upload is (the timed search gets it decoded)."""
+    started = time.perf_counter()
+    load_image_file(Path(real.image_files[query.source]))
+    return {"decode": time.perf_counter() - started}
+
+
+def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
+    """The median ms of each stage over the queries (0 where a query skipped it). The rank stage's
+    time includes the matching half of verify (engine.search)."""
+    names = dict.fromkeys(name for stage in stages for name in stage)
+    return {name: round(float(np.median([stage.get(name, 0.0) for stage in stages]) * 1000), 2)
+            for name in names}
 
 
 def _overlap(hits, exact: np.ndarray) -> float:

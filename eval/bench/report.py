@@ -118,7 +118,8 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
               f"({load.get('rss_anonymous_bytes_per_product', '-')} B anonymous, the rest mapped store files), "
               f"{load['disk_bytes_per_product']} B/product "
               f"on disk; raw vectors {load['raw_vector_bytes_per_product']} B -> RSS x{load['rss_over_raw']}, "
-              f"disk x{load['disk_over_raw']}")
+              f"disk x{load['disk_over_raw']}; of that on disk, photos' local features "
+              f"{load.get('local_features_disk_bytes_per_product', '-')} B/product (kept out of memory)")
     header = (f"  {'query':<11} {'filters':<10} {'p50 ms':>8} {'p99 ms':>8} {'exact p50':>9} {'engine/exact':>12} "
               f"{'ANN p50':>8} {'selectivity':>11}  recall@10")
     warm = entry.get("warmup") or {}
@@ -134,6 +135,10 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
             recall = " ".join(f"{k} {v:.3f}" for k, v in q["recall@10"].items())
             lines.append(f"  {kind:<11} {mode:<10} {q['p50_ms']:>8} {q['p99_ms']:>8} {q['exact_p50_ms']:>9} "
                          f"{q['engine_over_exact_p50']:>12} {q['ann_p50_ms']:>8} {q['selectivity']:>11.4f}  {recall}")
+            if "stages_p50_ms" in q:
+                stages = ", ".join(f"{name} {ms}" for name, ms in q["stages_p50_ms"].items())
+                lines.append(f"  {'':<11} {'':<10} stages p50 ms: {stages}; end to end with decode p50 "
+                             f"{q.get('end_to_end_p50_ms')} ms")
     lines.append(f"  hnsw_ef sweep, recall@10 / p50 of one search of 10 (setting: {entry['hnsw_ef']}):")
     for using, by_ef in entry["hnsw_ef_sweep"].items():
         sweep = "  ".join(f"ef {ef}: {v['recall@10']:.3f} / {v['p50_ms']} ms" for ef, v in by_ef.items())

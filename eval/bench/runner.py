@@ -17,7 +17,7 @@ from engine.model_loading import load_encoder
 from engine.search import Searcher
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
-from engine.store.base import SENTENCE_DIM
+from engine.store.base import LOCAL_VECTOR, SENTENCE_DIM
 from eval.bench.corpus import bulk_load, real_embeddings, replicate
 from eval.bench.encoding import bench_encoder
 from eval.bench.ingest import bench_ingest
@@ -211,6 +211,9 @@ def _load(store_settings: StoreSettings, folder: Path, encoder: Encoder, real, s
         if anonymous is not None and anonymous_before is not None:
             load["rss_anonymous_bytes_per_product"] = round((anonymous - anonymous_before) / size, 1)
     load["disk_bytes_per_product"] = round(dir_bytes(folder) / size, 1)
+    # The photos' local features stay on disk (never warmed into memory): their own figure.
+    local = sum(dir_bytes(p) for p in folder.rglob(f"vector_storage-{LOCAL_VECTOR}") if p.is_dir())
+    load["local_features_disk_bytes_per_product"] = round(local / size, 1)
     raw = 4 * (synthetic.image.shape[1] + synthetic.text.shape[1] + SENTENCE_DIM)  # stored as float32
     raw += 2 * synthetic.look.shape[1] if synthetic.look is not None else 0  # stored as float16
     load["raw_vector_bytes_per_product"] = raw
