@@ -264,7 +264,8 @@ class Searcher:
             sentence = self.encoder.encode_sentence(words) if words else None
         encoded = query.encoded_photo
         if encoded is None and query.image is not None:
-            encoded = self.encode_photo(query.image, query.crop, verify=getattr(weights, "match", 0.0) > 0, clock=clock)
+            verify = text is None and getattr(weights, "match", 0.0) > 0
+            encoded = self.encode_photo(query.image, query.crop, verify=verify, clock=clock)
         photo, look = (encoded.joint, encoded.look) if encoded is not None else (None, None)
         # Geometric verification is of a photo alone: words ask for something else than it shows.
         local = encoded.local if encoded is not None and text_joint is None else None

@@ -18,8 +18,9 @@ from engine.images import decode_image, load_image_file
 from engine.local_features import extract_local_features, verify
 from engine.regions import Region
 from engine.search import Searcher, SearchQuery
-from engine.settings import IngestSettings, StoreSettings
+from engine.settings import IngestSettings, SearchSettings, StoreSettings
 from engine.store import open_store
+from engine.store.base import LOCAL_VECTOR
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog
 from tests.conftest import GROCERY, require
@@ -75,6 +76,21 @@ def test_a_verified_match_is_in_the_answer_and_can_be_switched_off(grocery):
     assert not response.nothing_close  # a label verified point by point is the product itself
     off = grocery.search(SearchQuery(image=photo, k=5, weights={"match": 0})).results
     assert all("match" not in r.explanation for r in off)
+
+
+def test_match_comes_from_the_registry_and_verifies_only_the_best_candidates(grocery):
+    """The match signal is a registry entry like the others: the plan of a photo query names it but
+    reads no product's local features for every candidate, and only the best ``verify_top``
+    candidates are verified (the rest carry no geometric evidence); with words it does not apply."""
+    photo = shelf_shot(catalog_photo(PACKET), (400, 400), (100, 100, 200))
+    plan = grocery.plan(grocery.prepare(SearchQuery(image=photo, k=5)))
+    assert "match" in plan.signals and LOCAL_VECTOR not in plan.record_vectors
+    column = grocery.signals.names.index("match")
+    few = Searcher(grocery.encoder, grocery.store, SearchSettings(verify_top=3))
+    evidence = few.search(SearchQuery(image=photo, k=20)).evidence[:, column]
+    assert np.count_nonzero(evidence) <= 3 and evidence[0] > 0
+    worded = grocery.plan(grocery.prepare(SearchQuery(image=photo, text="orange juice", k=5)))
+    assert "match" not in worded.signals
 
 
 def test_verification_finds_more_real_packets_first(grocery):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from engine.errors import StoreModelMismatch, StoreUnavailable
+from engine.local_features import pack, unpack, verify
 from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
-from engine.local_features import pack, unpack, verify
 from engine.store import CAPTION_VECTOR, IMAGE_VECTOR, ProductPoint, SearchFilters, open_store
 from engine.store.base import LOCAL_VECTOR, VectorQuery
 from tests.conftest import checkerboard_features
@@ -212,7 +212,78 @@ def test_warming_reads_the_embedded_store_into_memory(settings):
         assert store.query(unit(1, 0, 0, 0, 0, 0, 0, 0), IMAGE_VECTOR, SearchFilters(), 1)[0].product_id == "shirt-1"
 
 
-from engine.local_features import pack, unpack, verify
-from engine.store import CAPTION_VECTOR, IMAGE_VECTOR, ProductPoint, SearchFilters, open_store
-from engine.store.base import LOCAL_VECTOR, VectorQuery
-from tests.conftest import checkerboard_features
+def test_a_store_made_before_the_vectors_were_renamed_keeps_opening(tmp_path, monkeypatch):
+    """Stores of schema 3 named the joint-space title "text" and its sentence embedding "title"; such
+    a store (made here with the old names in Qdrant) opens, searches, reads and takes writes."""
+    import json
+
+    import engine.store.edge as edge
+    from engine.store.base import SENTENCE_VECTOR, model_record
+
+    settings = StoreSettings(path=tmp_path / "store")
+    shard = settings.path / settings.collection / "shard"
+
+    def with_sentences(points):
+        for n, p in enumerate(points):
+            p.sentence_vector = np.eye(384, dtype=np.float32)[n]
+        return points
+
+    monkeypatch.setattr(edge, "model_record", lambda info: {**model_record(info), "schema": 3})
+    with open_store(settings, INFO) as store:
+        store.upsert(with_sentences(products()[:2]))
+    monkeypatch.undo()
+    assert set(json.loads((shard / "edge_config.json").read_text())["vectors"]) == {"image", "text", "title", "local"}
+
+    with open_store(settings, INFO) as store:
+        assert store.layout.name(CAPTION_VECTOR) == "text" and store.layout.name(SENTENCE_VECTOR) == "title"
+        store.upsert(with_sentences(products())[2:])  # written in the store's own names
+        assert store.query(unit(0, 0, 0, 0, 0, 1, 0, 0), CAPTION_VECTOR, SearchFilters(), 1)[0].product_id == "watch-1"
+        assert store.query(np.eye(384, dtype=np.float32)[1], SENTENCE_VECTOR, SearchFilters(), 1)[0].product_id \
+            == "shirt-2"
+        stored = store.get(["shirt-1", "watch-1"], with_vectors=[CAPTION_VECTOR, SENTENCE_VECTOR])
+        assert stored["watch-1"].caption_vector[5] > 0.99 and stored["shirt-1"].sentence_vector[0] == 1.0
+        assert all(p.caption_vector is not None for p in store.sample(10))
+    assert set(json.loads((shard / "edge_config.json").read_text())["vectors"]) == {"image", "text", "title", "local"}
+
+    fresh = StoreSettings(path=tmp_path / "new")
+    with open_store(fresh, INFO) as store:
+        assert store.layout.name(CAPTION_VECTOR) == "caption"
+    vectors = json.loads((fresh.path / fresh.collection / "shard" / "edge_config.json").read_text())["vectors"]
+    assert set(vectors) == {"image", "caption", "text", "local"}
+
+
+def test_local_features_are_kept_and_read_back_after_a_restart(settings):
+    """A product's photos' local features come back byte for byte (after a restart for the embedded
+    store), and only when asked for: samples for the ranker's backgrounds never carry them."""
+    with open_store(settings, INFO) as store:
+        store.upsert(products())
+        assert all(p.local_features is None for p in store.sample(10))
+        if settings.url is None:
+            store.close()
+            store = open_store(settings, INFO)
+        with store:
+            [key] = [key for key, _ in store.search_many([VectorQuery(IMAGE_VECTOR, unit(1, 0, 0, 0, 0, 0, 0, 0))],
+                                                           SearchFilters(), 1)[0]]
+            stored = store.records([key], ["product_id"], [LOCAL_VECTOR])[key]
+    assert stored.product_id == "shirt-1"
+    assert stored.local_features.dtype == np.uint8
+    assert np.array_equal(stored.local_features, pack(checkerboard_features()))
+    [photo] = unpack(stored.local_features)
+    assert verify(photo, photo) == len(photo) > 20
+
+
+def test_a_store_made_before_local_features_takes_products_without_them(tmp_path):
+    """A store whose model record predates local features is still written and read (the match
+    signal just does not apply to it until it is re-indexed)."""
+    settings = StoreSettings(path=tmp_path / "store")
+    with open_store(settings, INFO):
+        pass
+    record_path = settings.path / settings.collection / "snapshop.json"
+    record = json.loads(record_path.read_text())
+    del record["local_features"]
+    record_path.write_text(json.dumps(record))
+    with open_store(settings, INFO) as store:
+        assert store.local_features is False
+        store.upsert(products())
+        found = store.get(["shirt-1"], with_vectors=True)["shirt-1"]
+    assert found.local_features is None and found.image_vectors.shape == (2, 8)
