@@ -24,17 +24,25 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Top searches, zero-result and "nothing close" ones, click-through by position, unmet photos."""
-    from engine.analytics.log import QueryLog
     from engine.analytics.report import build_report
+
+    settings, query_log = _open_log(log)
+    with query_log, _nearest(settings, nearest) as near:
+        result = build_report(query_log, time.time() - days * 86400, top=top, clusters=clusters, nearest=near)
+    typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else format_report(result))
+
+
+def _open_log(log: Path | None):
+    """The settings and the query log the report and tune read (``log`` or the settings' path);
+    a missing log ends the command with what to turn on."""
+    from engine.analytics.log import QueryLog
     from snapshop.cli import build_settings, fail
 
     settings = build_settings()
     path = log or settings.analytics.path
     if not path.exists():
         fail(f"no query log at {path}: turn search analytics on (SNAPSHOP_ANALYTICS__ENABLED=true) and serve")
-    with QueryLog(path, settings.analytics.retention_days) as query_log, _nearest(settings, nearest) as near:
-        result = build_report(query_log, time.time() - days * 86400, top=top, clusters=clusters, nearest=near)
-    typer.echo(json.dumps(result.as_dict(), indent=2) if as_json else format_report(result))
+    return settings, QueryLog(path, settings.analytics.retention_days)
 
 
 class _nearest:
@@ -95,16 +103,12 @@ def tune(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Fit the ranker weights to logged clicks; report before/after on held-back sessions."""
-    from engine.analytics.log import QueryLog
     from engine.analytics.tune import tune as fit_weights
     from engine.signals import RankerWeights
-    from snapshop.cli import build_settings, fail
+    from snapshop.cli import fail
 
-    settings = build_settings()
-    path = log or settings.analytics.path
-    if not path.exists():
-        fail(f"no query log at {path}: turn search analytics on (SNAPSHOP_ANALYTICS__ENABLED=true) and serve")
-    with QueryLog(path, settings.analytics.retention_days) as query_log:
+    settings, query_log = _open_log(log)
+    with query_log:
         result = fit_weights(query_log, RankerWeights(**settings.search.weights), time.time() - days * 86400)
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
