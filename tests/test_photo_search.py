@@ -38,7 +38,7 @@ def grocery(tmp_path_factory, encoder):
 
 
 def catalog_photo(product_id: str) -> Image.Image:
-    return load_image_file(GROCERY / "images" / f"{product_id}.jpg")
+    return load_image_file(require(GROCERY) / "images" / f"{product_id}.jpg")
 
 
 def as_jpeg(image: Image.Image, **save) -> bytes:

@@ -8,7 +8,7 @@ from engine.model_loading import load_encoder
 from engine.errors import ModelWeightsMissing, UnknownModel
 from engine.registry import list_models, resolve_model
 from engine.settings import ModelSettings
-from tests.conftest import FASHION
+from tests.conftest import FASHION, require
 
 
 def test_the_offline_default_is_registered_first_with_its_shipped_weights():
@@ -42,8 +42,8 @@ def test_missing_trained_heads_are_a_clear_error(tmp_path):
 
 
 def test_vectors_are_unit_length_and_batched_consistently(encoder):
-    images = [Image.open(FASHION / "images" / name).convert("RGB") for name in sorted(
-        p.name for p in (FASHION / "images").iterdir())[:5]]
+    images = [Image.open(require(FASHION) / "images" / name).convert("RGB") for name in sorted(
+        p.name for p in (require(FASHION) / "images").iterdir())[:5]]
     batch = encoder.encode_images(images)
     single = encoder.encode_images(images[:1])
     assert batch.shape == (5, encoder.info.dim)
