@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.training import split_validation  # noqa: E402
+from engine.training import split_validation
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "fashion"
@@ -31,7 +31,7 @@ demo.to_csv(out / "catalog.csv", index=False)
 print(f"{len(demo)} products written to {out}")
 
 # A shopper-like photo: not the catalog shot but a tilted, cropped, darker picture on a grey table.
-from PIL import Image, ImageEnhance  # noqa: E402
+from PIL import Image, ImageEnhance
 
 (out / "queries").mkdir(exist_ok=True)
 for category, name in [("Handbags", "handbag"), ("Watches", "watch"), ("Sports Shoes", "shoe")]:

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-
 import threading
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from conftest import FASHION, REPO, require
+from PIL import Image
 from qdrant_client import QdrantClient
 from typer.testing import CliRunner
 
 from engine.encoder import Encoder
-from engine.model_loading import pick_dtype
 from engine.model_info import ModelInfo
+from engine.model_loading import pick_dtype
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
 from eval.bench.corpus import RealEmbeddings, replicate

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.model_info import ModelInfo
 from engine.errors import SnapshopError
+from engine.model_info import ModelInfo
 from engine.records import (
     INT64_MAX,
     INT64_MIN,

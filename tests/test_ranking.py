@@ -97,7 +97,7 @@ def test_history_biases_results_toward_the_shoppers_taste(shop):
     heels = tuple(str(i) for i in rows[rows.category == "Heels"].id.iloc[:4])
     plain = searcher.search(SearchQuery(text="shoes", k=10))
     personal = searcher.search(SearchQuery(text="shoes", k=10, history=heels, weights={"personal": 3.0}))
-    count = lambda response: sum(r.category == "Heels" for r in response.results)  # noqa: E731
+    count = lambda response: sum(r.category == "Heels" for r in response.results)
     assert count(personal) > count(plain)
     assert all("personal" in r.signals for r in personal.results)
     off = searcher.search(SearchQuery(text="shoes", k=10, history=heels, weights={"personal": 0.0}))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.model_loading import load_encoder
 from engine.errors import ModelWeightsMissing, UnknownModel
+from engine.model_loading import load_encoder
 from engine.registry import list_models, resolve_model
 from engine.settings import ModelSettings
 from tests.conftest import FASHION, require

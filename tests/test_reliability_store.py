@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from engine.model_info import ModelInfo
 from engine.errors import StoreUnavailable
+from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
 from engine.store import open_store
 from tests.conftest import REPO
@@ -83,7 +83,9 @@ def test_the_cli_answers_a_store_that_does_not_answer_with_one_error_line_and_a_
     assert len(errors) == 1 and errors[0].startswith(f"error: the Qdrant server at {url} does not answer: ")
     assert "Traceback" not in err
     # The model loads first; after that the answer comes at once (refused) or after the 2 s timeout.
-    assert seconds < model_load_s + 8, f"{seconds:.1f} s, where loading the model takes {model_load_s:.1f} s"
+    # A hang is caught by snapshop()'s 120 s limit; this bound tells "used the 2 s timeout" from
+    # "waited on a longer default", with room for a machine whose load changed since model_load_s.
+    assert seconds < 2 * model_load_s + 20, f"{seconds:.1f} s, where loading the model takes {model_load_s:.1f} s"
 
 
 def test_the_cli_prints_nothing_but_its_one_error_line_for_a_silent_server(silent_server, model_load_s, tmp_path):

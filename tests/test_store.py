@@ -99,9 +99,8 @@ def test_a_server_collection_made_by_another_model_is_refused():
 
 def test_an_embedded_store_in_use_is_refused_clearly(tmp_path):
     settings = StoreSettings(path=tmp_path / "store")
-    with open_store(settings, INFO):
-        with pytest.raises(StoreUnavailable, match="in use"):
-            open_store(settings, INFO)
+    with open_store(settings, INFO), pytest.raises(StoreUnavailable, match="in use"):
+        open_store(settings, INFO)
 
 
 def test_a_qdrant_url_that_does_not_answer_is_a_clear_error():
@@ -217,7 +216,7 @@ def test_a_store_made_before_the_vectors_were_renamed_keeps_opening(tmp_path, mo
     a store (made here with the old names in Qdrant) opens, searches, reads and takes writes."""
     import json
 
-    import engine.store.edge as edge
+    from engine.store import edge
     from engine.store.base import SENTENCE_VECTOR, model_record
 
     settings = StoreSettings(path=tmp_path / "store")
