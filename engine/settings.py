@@ -22,6 +22,19 @@ class StoreSettings(BaseModel):
     collection: str = Field("products", description="Collection (server) or shard name (embedded).")
     timeout_s: float = Field(10.0, gt=0, description="Timeout of one call to a Qdrant server.")
     hnsw_ef: int = Field(64, ge=8, description="HNSW search breadth: higher is more exact and slower.")
+    quantization: Literal["int8", "none"] = Field(
+        "int8", description="Search the vectors that gather candidates (photos, appearance, title sentences) "
+        "on int8 copies kept in memory, the best candidates rescored with the original vectors; applies to "
+        "stores created from now on. 'none': search the original vectors.",
+    )
+    oversampling: float = Field(
+        2.0, ge=1.0, le=16.0, description="With int8 quantisation: candidates found on the int8 copies per "
+        "result wanted, rescored with the original vectors.",
+    )
+    segment_products: int = Field(
+        250_000, ge=0, description="Embedded store: build the search graphs of each this many products as "
+        "they are written, a segment at a time, instead of all of them at the end; 0: only at the end.",
+    )
     shard_number: int | None = Field(
         None, ge=1, description="Shards of a new server collection; a Qdrant cluster spreads them over its "
         "nodes. None: the server's default (one per node in a cluster).",

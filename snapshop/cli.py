@@ -392,6 +392,8 @@ def bench(
     reuse_stores: Annotated[bool, typer.Option(
         help="Query a store kept by an earlier run (same size and catalog) instead of loading it again.")] = False,
     warmup: Annotated[int, typer.Option(help="Untimed queries before timing; their latency is the cold start.")] = 100,
+    local_features: Annotated[bool, typer.Option(
+        help="Store the photos' local features (the match signal) with the synthetic products.")] = True,
     out: Annotated[Path, typer.Option(help="Folder for bench.json.")] = Path("var/bench"),
     model: ModelOpt = None,
 ) -> None:
@@ -417,7 +419,7 @@ def bench(
         ingest_products=ingest_products, quality_products=quality_products, batches=numbers(batches),
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()), sections=chosen,
         ef_sweep=numbers(ef), noise=noise, min_seconds=min_seconds, work_dir=work_dir, keep_stores=keep_stores,
-        reuse_stores=reuse_stores, warmup=warmup,
+        reuse_stores=reuse_stores, warmup=warmup, local_features=local_features,
         cached_repeats=min(50, queries),
     )
     report = run_bench(settings, config, say=lambda message: typer.echo(f"bench: {message}", err=True))

@@ -20,17 +20,19 @@ from engine.store.base import (
 
 def open_store(settings: StoreSettings, info: ModelInfo) -> VectorStore:
     """Open (or create) the store named in settings for vectors of the model ``info``."""
+    from engine.store.indexing import Indexing
+
     if settings.backend == "server":
         from engine.store.server import ServerStore
 
         return ServerStore(settings.url, settings.collection, info, settings.api_key, settings.timeout_s,
                            settings.hnsw_ef, shard_number=settings.shard_number,
-                           replication_factor=settings.replication_factor)
+                           replication_factor=settings.replication_factor, indexing=Indexing.of(settings))
     from engine.store.aliases import physical_collection
     from engine.store.edge import EdgeStore
 
     # The collection name may be an alias of a re-indexed collection (engine.store.aliases).
-    return EdgeStore(settings.path, physical_collection(settings), info, settings.hnsw_ef)
+    return EdgeStore(settings.path, physical_collection(settings), info, settings.hnsw_ef, Indexing.of(settings))
 
 
 def open_existing_store(settings: StoreSettings) -> VectorStore:

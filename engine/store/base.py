@@ -190,6 +190,7 @@ class VectorStore(ABC):
     info: ModelInfo
     hnsw_ef: int = 64
     layout: VectorLayout = CURRENT_LAYOUT  # how this store names the vectors (VectorLayout)
+    index_seconds: float = 0.0  # spent building graphs in this process (embedded store; a server's are its own)
 
     def ef_for(self, using: str, limit: int, breadth: int = 1) -> int:
         """The HNSW search breadth for one search of ``limit`` results on the vector ``using``;

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 try:
     import fcntl
@@ -34,7 +35,6 @@ from engine.errors import StoreError, StoreUnavailable
 from engine.local_features import PACKED_WIDTH
 from engine.model_info import ModelInfo
 from engine.records import check_payload
-from engine.signals import SIGNALS
 from engine.stock import AVAILABILITY, OUT_OF_STOCK_VALUES, STOCK
 from engine.store.base import (
     BM25_VECTOR,
@@ -63,17 +63,20 @@ from engine.store.base import (
     stored_payload,
     vectors_of,
 )
+from engine.store.indexing import EF_CONSTRUCT, FULL_SCAN_KB, HNSW_M, INT8_QUANTILE, Indexing, graphed
 
 RULES_FILE = "merchandising.json"  # rules and synonyms (engine.rules), beside the shard
 _INDEX_KINDS = {"Keyword": "keyword", "Float": "number", "Integer": "number"}
 
 
-def _graph(m: int = 16) -> qe.HnswIndexConfig:
-    """Qdrant's default graph: m 16, ef_construct 100, full scan under 10 MB, threads chosen by Qdrant."""
-    return qe.HnswIndexConfig(m=m, ef_construct=100, full_scan_threshold=10_000)
+def _graph(m: int = HNSW_M) -> qe.HnswIndexConfig:
+    """The graphs of engine.store.indexing, threads chosen by Qdrant."""
+    return qe.HnswIndexConfig(m=m, ef_construct=EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB)
 
 
 _NO_GRAPH = _graph(m=0)  # m 0: no HNSW graph for this vector, its searches are exact over their filter
+MAX_SEGMENTS = 16
+_INT8 = qe.ScalarQuantizationConfig(qe.ScalarType.Int8, quantile=INT8_QUANTILE, always_ram=True)
 
 
 def stored_record(root: Path, collection: str) -> dict:
@@ -89,10 +92,17 @@ def stored_record(root: Path, collection: str) -> dict:
 
 
 class EdgeStore(VectorStore):
-    def __init__(self, root: Path, collection: str, info: ModelInfo, hnsw_ef: int = 64):
+    def __init__(self, root: Path, collection: str, info: ModelInfo, hnsw_ef: int = 64,
+                 indexing: Indexing | None = None):
         self.info = info
         self.dir = Path(root) / collection
         self.hnsw_ef = hnsw_ef
+        self.indexing = indexing = indexing or Indexing()
+        # Searches of int8 copies, their best candidates rescored with the original vectors (Qdrant
+        # ignores it for a vector without copies); scores of given candidates read the originals.
+        self._rescored = qe.QuantizationSearchParams(rescore=True, oversampling=indexing.oversampling)
+        self._exact = qe.QuantizationSearchParams(ignore=True)
+        self._written = 0  # products written since the graphs were last built
         self._write_lock = threading.Lock()
         self.shard = None
         self._lock_file = self._take_lock()
@@ -134,7 +144,8 @@ class EdgeStore(VectorStore):
                 self._discard_unfinished(shard_path)
             record = model_record(info)
             self.layout = VectorLayout.of_record(record)
-            self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path), self._config(info, self.layout)))
+            self.shard = self._open(lambda: qe.EdgeShard.create(str(shard_path),
+                                                                self._config(info, self.layout, self.indexing)))
             for name in KEYWORD_FIELDS:
                 params = qe.KeywordIndexParams(enable_hnsw=name in GRAPH_FIELDS)
                 self.shard.update(qe.UpdateOperation.create_field_index(name, params))
@@ -188,12 +199,13 @@ class EdgeStore(VectorStore):
         )
 
     @staticmethod
-    def _config(info: ModelInfo, layout: VectorLayout) -> qe.EdgeConfig:
+    def _config(info: ModelInfo, layout: VectorLayout, indexing: Indexing) -> qe.EdgeConfig:
         dim = info.dim
 
         def dense(size: int, name: str, **kw) -> qe.EdgeVectorParams:
-            graph = _NO_GRAPH if name in SIGNALS.score_only_vectors else None
-            return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, hnsw_config=graph, **kw)
+            return qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine,
+                                       hnsw_config=None if graphed(name) else _NO_GRAPH,
+                                       quantization_config=_INT8 if indexing.quantized(name) else None, **kw)
 
         maxsim = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
         vectors = {
@@ -213,6 +225,7 @@ class EdgeStore(VectorStore):
             vectors={layout.name(name): params for name, params in vectors.items()},
             sparse_vectors={BM25_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             hnsw_config=_graph(),
+            optimizers=_segments(indexing),
         )
 
     # --- writes -----------------------------------------------------------------------------
@@ -225,6 +238,9 @@ class EdgeStore(VectorStore):
         ]
         with self._write_lock:
             self.shard.update(qe.UpdateOperation.upsert_points(edge_points))
+            self._written += len(edge_points)
+        if self.indexing.segment_products and self._written >= self.indexing.segment_products:
+            self.optimize()  # a segment's worth: its graphs are built now, not all at the end
 
     def set_payload(self, product_id: str, values: dict) -> None:
         check_payload(values)
@@ -264,8 +280,11 @@ class EdgeStore(VectorStore):
 
     def optimize(self) -> None:
         with self._write_lock:
+            started = time.perf_counter()
             self.shard.optimize()
             self.shard.flush()
+            self.index_seconds += time.perf_counter() - started
+            self._written = 0
 
     # --- reads ------------------------------------------------------------------------------
     def get(self, product_ids: list[str], with_vectors: bool | list[str] = False) -> dict[str, StoredProduct]:
@@ -290,7 +309,7 @@ class EdgeStore(VectorStore):
             filter=_filter(filters),
             with_payload=True,
             with_vector=self.layout.names(with_vectors),
-            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
+            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth), quantization=self._rescored),
         )
         return self._hits(request)
 
@@ -300,7 +319,8 @@ class EdgeStore(VectorStore):
         condition = _filter(filters)
         requests = [qe.QueryRequest(limit=q.limit or limit, query=self._nearest(q), filter=condition,
                                     with_payload=False, with_vector=False,
-                                    params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth)))
+                                    params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth),
+                                                           quantization=self._rescored))
                     for q in queries]
         answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(p.id, p.score) for p in points] for points in answers]
@@ -312,7 +332,7 @@ class EdgeStore(VectorStore):
         # hundred stored vectors, whatever the catalog's size.
         condition = qe.Filter(must=[qe.HasIdCondition(set(keys))])
         requests = [qe.QueryRequest(limit=len(keys), query=self._nearest(q), filter=condition, with_payload=False,
-                                    with_vector=False)
+                                    with_vector=False, params=qe.SearchParams(quantization=self._exact))
                     for q in queries]
         answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [{p.id: p.score for p in points} for points in answers]
@@ -432,6 +452,16 @@ class EdgeStore(VectorStore):
                     shard.close()
         finally:
             self._release_lock()
+
+
+def _segments(indexing: Indexing) -> qe.EdgeOptimizersConfig:
+    """Segments as EdgeStore.upsert makes them while loading: each optimize() turns the products
+    written since the last one into one indexed segment. Qdrant merges segments (rebuilding their
+    graphs) only past ``default_segment_number`` of them, and indexes an appendable segment
+    together with an indexed one below that: MAX_SEGMENTS keeps a million products' four
+    segments apart."""
+    return qe.EdgeOptimizersConfig(default_segment_number=MAX_SEGMENTS,
+                                   indexing_threshold=indexing.indexing_threshold_kb)
 
 
 def _in_use(message: str) -> bool:

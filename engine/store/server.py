@@ -6,6 +6,7 @@ against qdrant-client's in-memory mode (``url=":memory:"``), which speaks the sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -17,7 +18,6 @@ from engine.errors import StoreError, StoreUnavailable
 from engine.local_features import PACKED_WIDTH
 from engine.model_info import ModelInfo
 from engine.records import check_payload
-from engine.signals import SIGNALS
 from engine.stock import AVAILABILITY, OUT_OF_STOCK_VALUES, STOCK
 from engine.store.base import (
     BM25_VECTOR,
@@ -46,6 +46,7 @@ from engine.store.base import (
     stored_payload,
     vectors_of,
 )
+from engine.store.indexing import EF_CONSTRUCT, FULL_SCAN_KB, HNSW_M, INT8_QUANTILE, Indexing, graphed
 
 
 def stored_record(url: str, collection: str, api_key: str | None = None, timeout_s: float = 10.0) -> dict:
@@ -69,10 +70,16 @@ RULES_KEY = "merchandising"  # rules and synonyms (engine.rules), in the collect
 class ServerStore(VectorStore):
     def __init__(self, url: str, collection: str, info: ModelInfo, api_key: str | None = None,
                  timeout_s: float = 10.0, hnsw_ef: int = 64, client: QdrantClient | None = None,
-                 shard_number: int | None = None, replication_factor: int | None = None):
+                 shard_number: int | None = None, replication_factor: int | None = None,
+                 indexing: Indexing | None = None):
         self.info = info
         self.collection = collection
         self.hnsw_ef = hnsw_ef
+        self.indexing = indexing = indexing or Indexing()
+        # As in the embedded store (engine.store.edge): searches of the int8 copies are rescored
+        # with the original vectors, scores of given candidates read the originals.
+        self._rescored = qm.QuantizationSearchParams(rescore=True, oversampling=indexing.oversampling)
+        self._exact = qm.QuantizationSearchParams(ignore=True)
         # How a new collection is spread over a cluster: Qdrant places the shards and their
         # replicas on its nodes and routes every request (None: the server's defaults).
         self.shard_number = shard_number
@@ -101,12 +108,13 @@ class ServerStore(VectorStore):
     def _create(self, info: ModelInfo) -> None:
         record = model_record(info)
         self.layout = VectorLayout.of_record(record)
+        dense = functools.partial(_dense, indexing=self.indexing)
         vectors = {
-            IMAGE_VECTOR: _dense(info.dim, IMAGE_VECTOR, multivector_config=_MAXSIM),
-            CAPTION_VECTOR: _dense(info.dim, CAPTION_VECTOR),
-            SENTENCE_VECTOR: _dense(SENTENCE_DIM, SENTENCE_VECTOR),
-            **({LOOK_VECTOR: _dense(info.look_dim, LOOK_VECTOR, multivector_config=_MAXSIM,
-                                    datatype=qm.Datatype.FLOAT16)} if info.look_dim else {}),
+            IMAGE_VECTOR: dense(info.dim, IMAGE_VECTOR, multivector_config=_MAXSIM),
+            CAPTION_VECTOR: dense(info.dim, CAPTION_VECTOR),
+            SENTENCE_VECTOR: dense(SENTENCE_DIM, SENTENCE_VECTOR),
+            **({LOOK_VECTOR: dense(info.look_dim, LOOK_VECTOR, multivector_config=_MAXSIM,
+                                   datatype=qm.Datatype.FLOAT16)} if info.look_dim else {}),
             # Bytes on disk, read only for the candidates verified (engine.local_features).
             LOCAL_VECTOR: qm.VectorParams(size=PACKED_WIDTH, distance=qm.Distance.DOT, on_disk=True,
                                           multivector_config=_MAXSIM, hnsw_config=qm.HnswConfigDiff(m=0),
@@ -116,6 +124,7 @@ class ServerStore(VectorStore):
             self.collection,
             vectors_config={self.layout.name(name): params for name, params in vectors.items()},
             sparse_vectors_config={BM25_VECTOR: qm.SparseVectorParams(modifier=qm.Modifier.IDF)},
+            hnsw_config=qm.HnswConfigDiff(m=HNSW_M, ef_construct=EF_CONSTRUCT, full_scan_threshold=FULL_SCAN_KB),
             shard_number=self.shard_number,
             replication_factor=self.replication_factor,
             metadata=record,
@@ -168,7 +177,8 @@ class ServerStore(VectorStore):
             query_vector = [query_vector]
         response = self.client.query_points(
             self.collection, query=query_vector, using=self.layout.name(using), query_filter=_filter(filters),
-            limit=limit, with_payload=True, with_vectors=self.layout.names(with_vectors), search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth)),
+            limit=limit, with_payload=True, with_vectors=self.layout.names(with_vectors),
+            search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth), quantization=self._rescored),
         )
         return _hits(response, self.layout)
 
@@ -179,7 +189,8 @@ class ServerStore(VectorStore):
         requests = [qm.QueryRequest(query=_nearest(q), using=self.layout.name(q.using), filter=condition,
                                     limit=q.limit or limit,
                                     with_payload=False, with_vector=False,
-                                    params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth)))
+                                    params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth),
+                                                           quantization=self._rescored))
                     for q in queries]
         answers = self.client.query_batch_points(self.collection, requests=requests)
         return [[(p.id, p.score) for p in answer.points] for answer in answers]
@@ -189,7 +200,7 @@ class ServerStore(VectorStore):
             return [{} for _ in queries]
         condition = qm.Filter(must=[qm.HasIdCondition(has_id=list(keys))])
         requests = [qm.QueryRequest(query=_nearest(q), using=self.layout.name(q.using), filter=condition,
-                                    limit=len(keys),
+                                    limit=len(keys), params=qm.SearchParams(quantization=self._exact),
                                     with_payload=False, with_vector=False)
                     for q in queries]
         answers = self.client.query_batch_points(self.collection, requests=requests)
@@ -310,10 +321,15 @@ class ServerStore(VectorStore):
 _MAXSIM = qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM)
 
 
-def _dense(size: int, name: str, **kw) -> qm.VectorParams:
-    """A cosine vector; one that only scores candidates (engine.signals: no signal gathers on it) gets no HNSW graph."""
-    graph = qm.HnswConfigDiff(m=0) if name in SIGNALS.score_only_vectors else None
-    return qm.VectorParams(size=size, distance=qm.Distance.COSINE, hnsw_config=graph, **kw)
+_INT8 = qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=INT8_QUANTILE,
+                                                                 always_ram=True))
+
+
+def _dense(size: int, name: str, indexing: Indexing, **kw) -> qm.VectorParams:
+    """A cosine vector, with a graph and int8 copies where engine.store.indexing says."""
+    return qm.VectorParams(size=size, distance=qm.Distance.COSINE,
+                           hnsw_config=None if graphed(name) else qm.HnswConfigDiff(m=0),
+                           quantization_config=_INT8 if indexing.quantized(name) else None, **kw)
 
 
 def _hits(response, layout: VectorLayout) -> list[Hit]:

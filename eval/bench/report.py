@@ -24,8 +24,11 @@ def acceptance(report: dict) -> list[dict]:
                 ">=", 0.95),
         _target("products loaded into the embedded store", max((int(s) for s in scale if s.isdigit()), default=None),
                 ">=", 1_000_000),
-        _target("filtered text query p99 at 1M products (ms)",
-                _get(at_1m.get("queries", {}), "text", "filtered", "p99_ms"), "<=", 50),
+        _target("filtered query p99 at 1M products, worst kind (ms)",
+                max(filtered) if (filtered := [_get(at_1m.get("queries", {}), kind, "filtered", "p99_ms")
+                                               for kind in ("text", "photo", "photo_text")]) and None not in filtered
+                else None, "<=", 50),
+        _target("1M products loaded and indexed, end to end (s)", _get(at_1m, "load", "total_s"), "<=", 900),
         _target("ingest end to end / encoder only", ingest.get("end_to_end_over_encoder_only"), ">=", 0.8),
     ]
 
@@ -112,7 +115,8 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
     copies = ", ".join(f"{k} {v}" for k, v in entry["copy_cosine_to_source"].items())
     title = f"{size:,} products (copies of real ones; mean cosine of a copy to its source: {copies})"
     timing = (f"  load: upsert {load['upsert_s']} s ({load['upsert_per_s']}/s, batches of {load['batch']}), "
-              f"optimize {load['optimize_s']} s, reopen {load['reopen_s']} s, "
+              f"graphs built while loading {load.get('index_while_loading_s', '-')} s, then optimize "
+              f"{load['optimize_s']} s: end to end {load.get('total_s', '-')} s; reopen {load['reopen_s']} s, "
               f"files read into memory {load.get('warm_bytes', 0) / 1e9:.1f} GB in {load.get('warm_s', '-')} s")
     memory = (f"  memory {load['rss_bytes_per_product']} B/product RSS "
               f"({load.get('rss_anonymous_bytes_per_product', '-')} B anonymous, the rest mapped store files), "
@@ -121,7 +125,7 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
               f"disk x{load['disk_over_raw']}; of that on disk, photos' local features "
               f"{load.get('local_features_disk_bytes_per_product', '-')} B/product (kept out of memory)")
     header = (f"  {'query':<11} {'filters':<10} {'p50 ms':>8} {'p99 ms':>8} {'exact p50':>9} {'engine/exact':>12} "
-              f"{'ANN p50':>8} {'selectivity':>11}  recall@10")
+              f"{'ANN p50':>8} {'selectivity':>11}  recall@10 (within 1 % of the 10th's distance)")
     warm = entry.get("warmup") or {}
     lines = ["", title, timing, memory,
              f"  cold start: the first {warm.get('queries', 0)} queries after opening the store (untimed below): "
@@ -132,7 +136,9 @@ def _scale_lines(size: int, entry: dict) -> list[str]:
                 lines.append(f"  {kind:<11} {'(repeat)':<10} {q['p50_ms']:>8} {q['p99_ms']:>8}   "
                              f"uncached/cached p50 x{q['uncached_over_cached_p50']}")
                 continue
-            recall = " ".join(f"{k} {v:.3f}" for k, v in q["recall@10"].items())
+            tolerant = q.get("recall@10_epsilon", {})
+            recall = " ".join(f"{k} {v:.3f}" + (f" ({tolerant[k]:.3f})" if k in tolerant else "")
+                              for k, v in q["recall@10"].items())
             lines.append(f"  {kind:<11} {mode:<10} {q['p50_ms']:>8} {q['p99_ms']:>8} {q['exact_p50_ms']:>9} "
                          f"{q['engine_over_exact_p50']:>12} {q['ann_p50_ms']:>8} {q['selectivity']:>11.4f}  {recall}")
             if "stages_p50_ms" in q:

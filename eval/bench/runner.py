@@ -59,6 +59,7 @@ class BenchConfig:
     keep_stores: bool = False
     reuse_stores: bool = False  # query a kept store of the same size instead of loading it again
     warmup: int = 100  # untimed queries first (their cold latency is reported apart)
+    local_features: bool = True  # store the photos' local features (the match signal) with the products
     min_seconds: float = 2.0
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -146,6 +147,8 @@ def _encoder_section(encoders: dict[str, Encoder], ceilings: dict[str, float], c
 def _scale_section(settings: Settings, encoder: Encoder, config: BenchConfig, say) -> dict:
     say(f"real embeddings of {config.source_products} products (cached in {config.work_dir})")
     real = real_embeddings(encoder, config.catalog, config.source_products, config.work_dir)
+    if not config.local_features:
+        real.local = None  # the products are stored without them, as a store made before the match signal
     plan = plan_queries(real, config.queries, config.seed, config.warmup)
     out = {"source_products": len(real)}
     for size in config.sizes:
@@ -159,7 +162,8 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
     synthetic = replicate(real, size, config.noise, config.seed)
     copies = _copy_cosines(real, synthetic)
     folder = config.work_dir / f"store-{size}"
-    store_settings = StoreSettings(path=folder, hnsw_ef=settings.store.hnsw_ef)
+    # The store's settings as given (SNAPSHOP_STORE__*: quantisation, segments, hnsw_ef), in the bench's folder.
+    store_settings = settings.store.model_copy(update={"path": folder, "url": None})
     try:
         if config.reuse_stores and _holds(store_settings, encoder, size):
             say(f"{size:,} products: reusing the store in {folder}")
