@@ -32,7 +32,7 @@ class StoreSettings(BaseModel):
         "result wanted, rescored with the original vectors.",
     )
     segment_products: int = Field(
-        250_000, ge=0, description="Embedded store: build the search graphs of each this many products as "
+        100_000, ge=0, description="Embedded store: build the search graphs of each this many products as "
         "they are written, a segment at a time, instead of all of them at the end; 0: only at the end.",
     )
     shard_number: int | None = Field(

@@ -13,9 +13,12 @@ from engine.settings import StoreSettings
 from engine.signals import SIGNALS
 from engine.store.base import LOCAL_VECTOR
 
-# Qdrant's defaults for the graphs of the vectors that gather candidates.
+# The graphs of the vectors that gather candidates: Qdrant's m, and a narrower construction search
+# than its 100: building 50k bench products' graphs took 46 s at 64 against 76 s at 100 (int8,
+# category links; 2 shared cores), and the int8 searches, rescored, and segments of 100k products
+# make up the recall (docs/scale.md).
 HNSW_M = 16
-EF_CONSTRUCT = 100
+EF_CONSTRUCT = 64
 FULL_SCAN_KB = 10_000  # below this many KB of vectors under a filter, a search is exact
 # int8 per dimension between the 0.99 quantile's bounds: the rare outlying values are clipped
 # rather than stretching the scale of all the others.
@@ -34,7 +37,7 @@ class Indexing:
 
     int8: bool = True  # graphed vectors searched on int8 copies kept in memory, then rescored
     oversampling: float = 2.0  # candidates found on the int8 copies per result wanted
-    segment_products: int = 250_000  # embedded store: graphs built for each this many products written
+    segment_products: int = 100_000  # embedded store: graphs built for each this many products written
     # A segment whose vectors (the biggest kind's) take less is searched exactly, without a graph:
     # Qdrant's default, where a graph starts to pay.
     indexing_threshold_kb: int = 10_000
