@@ -21,6 +21,7 @@ from PIL import Image
 
 from engine.look_head import gem
 from engine.model_info import ModelInfo
+from engine.trunk_top import feature_maps
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +98,10 @@ class Encoder:
     @torch.inference_mode()
     def _photo_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         pixels = self._pixels(chunk)
-        feature_map = trunk.forward_features(pixels)
-        joint = self._normalise(self.model.visual.head(trunk.forward_head(feature_map)))
+        joint_map, look_map = feature_maps(self.model, pixels)
+        joint = self._normalise(self.model.visual.head(trunk.forward_head(joint_map)))
         head = getattr(self.model, "look_head", None)
-        appearance = head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0)
+        appearance = head(head.pool(look_map)) if head is not None else gem(look_map, 2.0)
         return joint, self._normalise(appearance)
 
     def _chunked(self, items: Sequence, encode) -> None:

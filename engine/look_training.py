@@ -32,10 +32,12 @@ class LookConfig:
     views_seed: int = 1
 
 
-def pooled_features(trunk: torch.nn.Module, preprocess: Callable, photos: Sequence, load: Callable[..., Image.Image],
-                    p: float, shopper: bool, seed: int, desc: str, progress: bool) -> torch.Tensor:
+def pooled_features(feature_map: Callable[[torch.Tensor], torch.Tensor], preprocess: Callable, photos: Sequence,
+                    load: Callable[..., Image.Image], p: float, shopper: bool, seed: int, desc: str,
+                    progress: bool) -> torch.Tensor:
     """GeM-pooled trunk features of each photo (as the shop has it, or as a random shopper view);
-    ``load`` turns an item of ``photos`` into the image."""
+    ``feature_map`` is the appearance branch's last feature map of a batch of pixels, ``load``
+    turns an item of ``photos`` into the image."""
     rng = random.Random(seed)
     seeds = [rng.randrange(1 << 30) for _ in photos]
 
@@ -49,7 +51,7 @@ def pooled_features(trunk: torch.nn.Module, preprocess: Callable, photos: Sequen
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         for start in tqdm(range(0, len(photos), 64), desc=desc, disable=not progress):
             pixels = torch.stack(list(pool.map(prepare, range(start, min(start + 64, len(photos))))))
-            out.append(gem(trunk.forward_features(pixels.contiguous(memory_format=torch.channels_last)), p))
+            out.append(gem(feature_map(pixels.contiguous(memory_format=torch.channels_last)), p))
     return torch.cat(out)
 
 

@@ -1,9 +1,10 @@
-"""Contrastive training of the offline model's heads on a shop's own image-title pairs (LiT).
+"""Contrastive training of the offline model on a shop's own image-title pairs (LiT, top unlocked).
 
-The towers stay locked, so their outputs are computed once per photo and title and cached;
-the heads then train for many epochs on those features in seconds. The loss is open_clip's
-CLIP loss; a held-out validation split (products never trained on) is scored every epoch
-with text-to-image Recall@1/10 and MRR, and the best epoch's heads are saved.
+The text tower stays locked; the image trunk's last block(s) and head convolution train with the
+projection heads (``engine.trunk_tuning``: their input is computed once per photo view and kept).
+The loss is open_clip's CLIP loss. The epoch kept is the one with the best text-to-image MRR on a
+tune slice of the training products; the validation split (products never trained on, nor used
+to choose anything) is scored once, at the end, with text-to-image Recall@1/10 and MRR.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ from engine.images import load_image_file
 from engine.lit_model import build_lit_model, trainable_state
 from engine.look_training import LookConfig, pooled_features, train_look_head
 from engine.registry import resolve_model
+from engine.trunk_top import TrunkTop, feature_maps
+from engine.trunk_tuning import cached_lower_features, category_batches
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ class TrainingPair:
     product_id: str
     image_path: Path
     title: str
+    category: str | None = None  # batches are cut from runs of one category (hard negatives)
 
 
 @dataclass
@@ -45,7 +48,12 @@ class TrainConfig:
     weight_decay: float = 0.05
     val_fraction: float = 0.25
     seed: int = 0
-    hflip_views: bool = True  # a mirrored photo is the same product: a free second view
+    # The trunk's last blocks trained with the heads (0: heads only), and their learning rate.
+    unlocked_blocks: int = 1
+    trunk_learning_rate: float = 1e-4
+    views: int = 4  # views of each training photo (engine.trunk_tuning.photo_views)
+    category_run: int = 8  # products of one category next to each other in a batch
+    tune_fraction: float = 0.1  # of the training products: where the epoch is chosen
 
 
 @dataclass
@@ -58,6 +66,8 @@ class TrainReport:
     val_recall_at_10: float
     val_mrr: float
     seconds: float
+    tune_products: int = 0
+    tune_mrr: float = 0.0
     history: list[dict] = field(default_factory=list)
 
 
@@ -69,6 +79,15 @@ def split_validation(product_ids: Sequence[str], val_fraction: float, seed: int)
     return set(unique[: int(round(len(unique) * val_fraction))])
 
 
+@dataclass
+class _Part:
+    """One part of the catalog (fit, tune or validation): its readable pairs and their features."""
+
+    pairs: list[TrainingPair]
+    lower: torch.Tensor  # (views, n, C, H, W) fp16: the trunk below its unlocked top
+    text: torch.Tensor  # (n, width): the text tower's pooled output
+
+
 def train_lit_heads(
     pairs: Sequence[TrainingPair],
     out_path: Path,
@@ -76,46 +95,174 @@ def train_lit_heads(
     model_name: str = "snapshop-lit-fashion",
     progress: bool = True,
     look: LookConfig | None = LookConfig(),
+    device: torch.device | str = "cpu",
 ) -> TrainReport:
-    """Train the heads of the registry model ``model_name`` and save them to ``out_path``."""
+    """Train the heads (and the image trunk's top) of the registry model ``model_name``; save to ``out_path``.
+
+    On a GPU (``device``) the same recipe runs there; the cached features stay in CPU memory.
+    """
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     spec = resolve_model(model_name)
     if spec.kind != "lit":
         raise ValueError(f"`snapshop train` trains the heads of a LiT model; '{model_name}' is {spec.kind}")
     model, preprocess, tokenizer, _ = build_lit_model(spec.config_path, heads_path=None)
-    # Not freeze_bn_stats: open_clip's BN freezing swaps timm's BatchNormAct2d for a plain frozen
-    # BN and silently drops its activation. The trunk only ever runs in eval mode here anyway.
-    model.lock_image_tower()
-    model.lock_text_tower(freeze_layer_norm=True)
+    top = _unlock(model, config)
+    model.to(device)
 
-    image_feats, kept, skipped = _image_features(model, preprocess, pairs, config.hflip_views, progress)
-    titles = [pair.title for pair in kept]
-    text_feats = _text_features(model, tokenizer, titles, progress)
-    ids = [pair.product_id for pair in kept]
-    val_ids = split_validation(ids, config.val_fraction, config.seed)
-    is_val = torch.tensor([pid in val_ids for pid in ids])
-    train_idx = torch.nonzero(~is_val).squeeze(1)
-    val_idx = torch.nonzero(is_val).squeeze(1)
-    if len(train_idx) < 2:
-        raise ValueError(f"too few training pairs ({len(train_idx)}) after the validation split")
+    val_ids = split_validation([p.product_id for p in pairs], config.val_fraction, config.seed)
+    training = [p for p in pairs if p.product_id not in val_ids]
+    tune_ids = split_validation([p.product_id for p in training], config.tune_fraction, config.seed + 1)
+    skipped: list[str] = []
 
-    history, best = _fit(model, image_feats, text_feats, train_idx, val_idx, config, progress)
+    def part(members: list[TrainingPair], views: int, desc: str) -> _Part:
+        return _features(model, preprocess, tokenizer, members, top.depth, views, config.seed, desc, skipped, progress)
+
+    fit = part([p for p in training if p.product_id not in tune_ids], config.views, "training photos")
+    tune = part([p for p in training if p.product_id in tune_ids], 1, "tune photos")
+    val = part([p for p in pairs if p.product_id in val_ids], 1, "validation photos")
+    if len(fit.pairs) < 2:
+        raise ValueError(f"too few training pairs ({len(fit.pairs)}) after the validation split")
+    if skipped:
+        log.warning("%d photos could not be read and were left out of training", len(skipped))
+
+    history, best = _fit(model, top, fit, tune, config, progress)
     model.load_state_dict(best["state"], strict=False)
+    scores = evaluate(model, top, val.lower[0], val.text) if val.pairs else {"r1": 0.0, "r10": 0.0, "mrr": 0.0}
     out_path.parent.mkdir(parents=True, exist_ok=True)
     report = TrainReport(
-        train_products=len(train_idx), val_products=len(val_idx), skipped_images=skipped,
-        best_epoch=best["epoch"], val_recall_at_1=best["r1"], val_recall_at_10=best["r10"],
-        val_mrr=best["mrr"], seconds=round(time.perf_counter() - started, 1), history=history,
+        train_products=len(fit.pairs) + len(tune.pairs), val_products=len(val.pairs), skipped_images=skipped,
+        best_epoch=best["epoch"], val_recall_at_1=scores["r1"], val_recall_at_10=scores["r10"],
+        val_mrr=scores["mrr"], seconds=round(time.perf_counter() - started, 1), tune_products=len(tune.pairs),
+        tune_mrr=best.get("mrr", 0.0), history=history,
     )
     metadata = {"model": model_name, "val_seed": config.seed, "val_fraction": config.val_fraction,
                 "report": {k: v for k, v in asdict(report).items() if k not in ("history", "skipped_images")},
-                "config": asdict(config)}
+                "config": asdict(config), "trunk_top": {"depth": top.depth if _top_trains(config) else 0}}
     checkpoint = {"state_dict": best["state"], "metadata": metadata}
     if look is not None:
+        kept = fit.pairs + tune.pairs + val.pairs
         checkpoint = _with_look_head(checkpoint, model, preprocess, kept, val_ids, look, progress)
     torch.save(checkpoint, out_path)
     return report
+
+
+def _top_trains(config: TrainConfig) -> bool:
+    return config.unlocked_blocks > 0 and config.trunk_learning_rate > 0
+
+
+def _unlock(model, config: TrainConfig) -> TrunkTop:
+    """Lock the towers, keep the trunk's original top for the appearance branch, unlock the joint
+    side's top; returns that top (the trunk's own modules)."""
+    # Not freeze_bn_stats: open_clip's BN freezing swaps timm's BatchNormAct2d for a plain frozen
+    # BN and silently drops its activation. The trunk runs in eval mode (BN statistics kept).
+    model.lock_image_tower()
+    model.lock_text_tower(freeze_layer_norm=True)
+    top = TrunkTop(model.visual.trunk, max(0, config.unlocked_blocks), share=True)
+    if _top_trains(config):
+        model.look_top = TrunkTop(model.visual.trunk, top.depth).requires_grad_(False)
+        top.requires_grad_(True)
+    return top.eval()
+
+
+def _features(model, preprocess, tokenizer, pairs: list[TrainingPair], depth: int, views: int, seed: int,
+              desc: str, skipped: list[str], progress: bool) -> _Part:
+    """The part's readable pairs, their photos' lower trunk features and their titles' text features."""
+
+    def load(pair: TrainingPair):
+        try:
+            return load_image_file(pair.image_path)
+        except InvalidImage as e:
+            skipped.append(str(e))
+            return None
+
+    lower, kept = cached_lower_features(model.visual.trunk, preprocess, pairs, load, depth, views, seed, desc,
+                                        progress, _device(model))
+    readable = [pairs[i] for i in kept]
+    return _Part(readable, lower, _text_features(model, tokenizer, [p.title for p in readable], progress))
+
+
+def _text_features(model, tokenizer, titles: list[str], progress: bool) -> torch.Tensor:
+    """Mean-pooled text-tower outputs (n, 384): the input of the text head."""
+    text = model.text.eval()
+    out = [torch.zeros((0, text.config.hidden_size))]
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(titles), 256), desc="title features", disable=not progress):
+            tokens = tokenizer(titles[start : start + 256]).to(_device(model))
+            mask = (tokens != text.config.pad_token_id).long()
+            # Cut after the batch's longest title (about 12 of the 48 tokens): pads are masked
+            # out, so the vectors are the same, at a quarter of the work.
+            length = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else tokens.shape[1]
+            tokens, mask = tokens[:, :length], mask[:, :length]
+            hidden = text.transformer(input_ids=tokens, attention_mask=mask)
+            out.append(text.pooler(hidden, mask).cpu())
+    return torch.cat(out)
+
+
+def _device(model) -> torch.device:
+    return model.logit_scale.device
+
+
+def _fit(model, top: TrunkTop, fit: _Part, tune: _Part, config: TrainConfig, progress: bool):
+    from open_clip.loss import ClipLoss
+
+    heads = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("visual.trunk")]
+    groups = [{"params": heads, "lr": config.learning_rate}]
+    if _top_trains(config):
+        groups.append({"params": list(top.parameters()), "lr": config.trunk_learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(fit.pairs) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in groups], total_steps=steps_per_epoch * config.epochs, pct_start=0.1
+    )
+    loss_fn = ClipLoss()
+    generator = torch.Generator().manual_seed(config.seed)
+    categories = [pair.category for pair in fit.pairs]
+    history, best = [], {"mrr": -1.0}
+    bar = tqdm(range(config.epochs), desc="training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.visual.head.train()
+        model.text.proj.train()
+        order = torch.randperm(len(fit.pairs), generator=generator)
+        losses = []
+        for batch in category_batches(order, categories, config.batch_size, config.category_run, generator):
+            if len(batch) < 2:
+                continue
+            view = torch.randint(0, fit.lower.shape[0], (len(batch),), generator=generator)
+            img = _image_embeddings(model, top, fit.lower[view, batch])
+            txt = torch.nn.functional.normalize(model.text.proj(fit.text[batch].to(_device(model))), dim=-1)
+            loss = loss_fn(img, txt, model.logit_scale.exp())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(loss.item())
+        metrics = evaluate(model, top, tune.lower[0], tune.text) if tune.pairs else {}
+        row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4) if losses else None, **metrics}
+        history.append(row)
+        bar.set_postfix(loss=row["loss"], r10=metrics.get("r10"), mrr=metrics.get("mrr"))
+        if not tune.pairs or metrics["mrr"] > best["mrr"]:
+            best = {"epoch": epoch + 1, "state": trainable_state(model), **metrics}
+    return history, best
+
+
+def _image_embeddings(model, top: TrunkTop, lower: torch.Tensor) -> torch.Tensor:
+    """Unit joint-space vectors of photos from their lower trunk features."""
+    pixels = lower.to(_device(model), non_blocking=True).float().contiguous(memory_format=torch.channels_last)
+    feature_map = top(pixels)
+    return torch.nn.functional.normalize(model.visual.head(model.visual.trunk.forward_head(feature_map)), dim=-1)
+
+
+@torch.no_grad()
+def evaluate(model, top: TrunkTop, lower: torch.Tensor, text_feats: torch.Tensor) -> dict:
+    """Text-to-image retrieval on cached features: query i's right answer is photo i."""
+    model.visual.head.eval()
+    model.text.proj.eval()
+    img = torch.cat([_image_embeddings(model, top, chunk) for chunk in lower.split(256)])
+    txt = torch.nn.functional.normalize(model.text.proj(text_feats.to(img.device)), dim=-1)
+    return retrieval_metrics(txt @ img.T)
 
 
 def train_look_only(pairs: Sequence[TrainingPair], heads_path: Path, out_path: Path, look: LookConfig = LookConfig(),
@@ -151,12 +298,18 @@ def _with_look_head(checkpoint: dict, model, preprocess, pairs: list[TrainingPai
                     look: LookConfig, progress: bool) -> dict:
     """The checkpoint with an appearance head trained on the pairs' photos (engine.look_head);
     every photo must be readable."""
-    trunk = model.visual.trunk.eval().to(memory_format=torch.channels_last)
+    model.visual.trunk.eval().to(memory_format=torch.channels_last)
+    if getattr(model, "look_top", None) is not None:
+        model.look_top.eval().to(memory_format=torch.channels_last)
+
+    def look_map(pixels: torch.Tensor) -> torch.Tensor:  # the trunk's original top (engine.trunk_top)
+        return feature_maps(model, pixels.to(_device(model)))[1].float().cpu()
+
     train = [p.image_path for p in pairs if p.product_id not in val_ids]
     val = [p.image_path for p in pairs if p.product_id in val_ids]
 
     def features(paths, shopper, seed, desc):
-        return pooled_features(trunk, preprocess, paths, load_image_file, look.p, shopper, seed, desc, progress)
+        return pooled_features(look_map, preprocess, paths, load_image_file, look.p, shopper, seed, desc, progress)
 
     head, report = train_look_head(
         features(train, False, 0, "catalog photos"), features(train, True, look.views_seed, "shopper views"),
@@ -167,111 +320,6 @@ def _with_look_head(checkpoint: dict, model, preprocess, pairs: list[TrainingPai
                 "look_head": {"width": int(head.center.shape[0]), "dim": head.dim, "p": head.p, "report": report}}
     # Half precision on disk (the weights are loaded back into fp32): 3.3 MB instead of 6.6 MB.
     return {**checkpoint, "metadata": metadata, "look_head": {k: v.half() for k, v in head.state_dict().items()}}
-
-
-def _image_features(model, preprocess, pairs, hflip: bool, progress: bool):
-    """Pooled trunk features (views, n, 1280) of every readable photo; unreadable ones are reported."""
-    trunk = model.visual.trunk.eval().to(memory_format=torch.channels_last)
-    kept, skipped, batches = [], [], []
-    batch_size = 64
-
-    def load(pair: TrainingPair):
-        try:
-            return pair, preprocess(load_image_file(pair.image_path))
-        except InvalidImage as e:
-            return pair, str(e)
-
-    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
-        bar = tqdm(total=len(pairs), desc="photo features", unit="img", disable=not progress)
-        for start in range(0, len(pairs), batch_size):
-            loaded = list(pool.map(load, pairs[start : start + batch_size]))
-            tensors = []
-            for pair, result in loaded:
-                if isinstance(result, str):
-                    skipped.append(result)
-                else:
-                    kept.append(pair)
-                    tensors.append(result)
-            if tensors:
-                pixels = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-                views = [trunk(pixels)]
-                if hflip:
-                    views.append(trunk(torch.flip(pixels, dims=[3])))
-                batches.append(torch.stack(views))
-            bar.update(len(loaded))
-        bar.close()
-    if skipped:
-        log.warning("%d photos could not be read and were left out of training", len(skipped))
-    return torch.cat(batches, dim=1), kept, skipped
-
-
-def _text_features(model, tokenizer, titles: list[str], progress: bool) -> torch.Tensor:
-    """Mean-pooled text-tower outputs (n, 384): the input of the text head."""
-    text = model.text.eval()
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(titles), 256), desc="title features", disable=not progress):
-            tokens = tokenizer(titles[start : start + 256])
-            mask = (tokens != text.config.pad_token_id).long()
-            hidden = text.transformer(input_ids=tokens, attention_mask=mask)
-            out.append(text.pooler(hidden, mask))
-    return torch.cat(out)
-
-
-def _fit(model, image_feats, text_feats, train_idx, val_idx, config: TrainConfig, progress: bool):
-    from open_clip.loss import ClipLoss
-
-    image_head, text_head = model.visual.head, model.text.proj
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.learning_rate, total_steps=total, pct_start=0.1
-    )
-    loss_fn = ClipLoss()
-    generator = torch.Generator().manual_seed(config.seed)
-    history, best = [], {"mrr": -1.0}
-    bar = tqdm(range(config.epochs), desc="training heads", unit="epoch", disable=not progress)
-    for epoch in bar:
-        image_head.train()
-        text_head.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        losses = []
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            view = torch.randint(0, image_feats.shape[0], (len(batch),), generator=generator)
-            images = image_feats[view, batch]
-            img = torch.nn.functional.normalize(image_head(images), dim=-1)
-            txt = torch.nn.functional.normalize(text_head(text_feats[batch]), dim=-1)
-            loss = loss_fn(img, txt, model.logit_scale.exp())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            losses.append(loss.item())
-        metrics = evaluate_heads(model, image_feats[0, val_idx], text_feats[val_idx]) if len(val_idx) else {}
-        row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4), **metrics}
-        history.append(row)
-        bar.set_postfix(loss=row["loss"], r10=metrics.get("r10"), mrr=metrics.get("mrr"))
-        if not len(val_idx) or metrics["mrr"] > best["mrr"]:
-            best = {"epoch": epoch + 1, "state": trainable_state(model), **metrics}
-    best.setdefault("r1", 0.0)
-    best.setdefault("r10", 0.0)
-    best.setdefault("mrr", 0.0)
-    return history, best
-
-
-@torch.no_grad()
-def evaluate_heads(model, image_feats: torch.Tensor, text_feats: torch.Tensor) -> dict:
-    """Text-to-image retrieval on features: query i's right answer is photo i."""
-    model.visual.head.eval()
-    model.text.proj.eval()
-    img = torch.nn.functional.normalize(model.visual.head(image_feats), dim=-1)
-    txt = torch.nn.functional.normalize(model.text.proj(text_feats), dim=-1)
-    return retrieval_metrics(txt @ img.T)
 
 
 def retrieval_metrics(similarity: torch.Tensor) -> dict:

@@ -270,9 +270,13 @@ def train(
         help="Only (re)train the appearance head of the current heads (SNAPSHOP_MODEL__WEIGHTS or the "
              "registry's), keeping them.")] = False,
     model: ModelOpt = None,
+    device: Annotated[Optional[str], typer.Option(
+        help="Where to train: cpu, cuda, cuda:1 or auto (default: SNAPSHOP_MODEL__DEVICE).")] = None,
 ) -> None:
-    """Train the offline model's heads on a catalog's image-title pairs (LiT), and its appearance head."""
+    """Train the offline model's heads and image-trunk top on a catalog's image-title pairs (LiT), and its
+    appearance head."""
     from engine.look_training import LookConfig
+    from engine.model_loading import pick_device
     from engine.registry import resolve_model
     from engine.training import TrainConfig, TrainingPair, train_lit_heads, train_look_only
     from ingest.catalog import read_catalog
@@ -280,12 +284,13 @@ def train(
 
     settings = build_settings(model=model)
     try:
+        train_device = pick_device(device or settings.model.device)
         parsed = read_catalog(catalog)
         loader = ImageLoader(parsed.base_dir, settings.ingest)
         pairs = []
         for row in parsed.rows[:limit]:
             try:  # training reads local photos only: the first photo of each product
-                pairs.append(TrainingPair(row.product_id, loader.resolve(row.images[0]), row.title))
+                pairs.append(TrainingPair(row.product_id, loader.resolve(row.images[0]), row.title, row.category))
             except ImageSourceError as e:
                 typer.echo(f"  skipped row {row.row}: {e}", err=True)
         if look_only:
@@ -297,7 +302,7 @@ def train(
             return
         config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed)
         result = train_lit_heads(pairs, out, config, model_name=settings.model.name,
-                                 look=LookConfig(seed=seed) if look else None)
+                                 look=LookConfig(seed=seed) if look else None, device=train_device)
     except ValueError as e:  # too few pairs to train on
         fail(str(e))
     typer.echo(

@@ -2,28 +2,40 @@
 
 import torch
 
+from engine.images import load_image_file
+from engine.lit_model import build_lit_model
 from engine.look_head import LookHead
 from engine.look_training import LookConfig, train_look_head
 from engine.model_loading import load_encoder
 from engine.settings import ModelSettings
 from engine.shopper_views import shopper_view
+from engine.registry import resolve_model
 from engine.training import TrainConfig, TrainingPair, retrieval_metrics, split_validation, train_lit_heads
+from engine.trunk_top import feature_maps
+from engine.trunk_tuning import category_batches, photo_views
 from tests.conftest import FASHION, pick_products
 
 
 def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_frame):
     rows = pick_products(fashion_frame, 8, ["Shirts", "Watches", "Sports Shoes", "Handbags", "Sunglasses",
                                             "Jeans", "Flip Flops", "Tshirts"])
-    pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title) for r in rows.itertuples()]
+    pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
     out = tmp_path / "heads.pt"
-    report = train_lit_heads(pairs, out, TrainConfig(epochs=12, batch_size=32, val_fraction=0.25), progress=False)
-    assert report.train_products == 48 and report.val_products == 16
+    report = train_lit_heads(pairs, out, TrainConfig(epochs=12, batch_size=32, val_fraction=0.25, views=2),
+                             progress=False)
+    assert report.train_products == 48 and report.val_products == 16 and report.tune_products == 5
     losses = [row["loss"] for row in report.history]
     assert losses[-1] < losses[0]
     assert 0.0 <= report.val_recall_at_1 <= report.val_recall_at_10 <= 1.0
+    assert report.history[report.best_epoch - 1]["mrr"] == max(row["mrr"] for row in report.history)
 
     checkpoint = torch.load(out, weights_only=True)
-    assert all(name.startswith(("visual.head", "text.proj", "logit_scale")) for name in checkpoint["state_dict"])
+    tuned = [name for name in checkpoint["state_dict"] if name.startswith("visual.trunk.")]
+    # The trunk's last block and head convolution are trained with the heads; nothing else is.
+    assert tuned and all(name.startswith(("visual.trunk.blocks.6.", "visual.trunk.conv_head", "visual.trunk.bn2"))
+                         for name in tuned)
+    assert all(name.startswith(("visual.head", "text.proj", "logit_scale", "visual.trunk."))
+               for name in checkpoint["state_dict"])
     look = checkpoint["metadata"]["look_head"]  # the appearance head is trained too, on the same split
     assert look["report"]["val_products"] == 16 and {"r1", "r5"} <= set(look["report"]["after"])
     encoder = load_encoder(ModelSettings(weights=out))
@@ -31,6 +43,49 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
     assert isinstance(encoder.model.look_head, LookHead) and encoder.info.look_dim == look["dim"] == 1280
     shipped = load_encoder(ModelSettings())
     assert encoder.info.version != shipped.info.version  # other heads, another model version
+
+
+def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path, fashion_frame):
+    """The trunk's top is trained for the joint space only: a photo's appearance feature map is the
+    untrained trunk's, its joint one is not."""
+    rows = pick_products(fashion_frame, 4, ["Shirts", "Watches", "Handbags", "Jeans"])
+    pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
+    out = tmp_path / "heads.pt"
+    train_lit_heads(pairs, out, TrainConfig(epochs=3, batch_size=8, views=1, trunk_learning_rate=1e-2),
+                    progress=False, look=None)
+    spec = resolve_model("snapshop-lit-fashion")
+    tuned, preprocess, _, _ = build_lit_model(spec.config_path, out)
+    untrained, _, _, _ = build_lit_model(spec.config_path, None)
+    pixels = torch.stack([preprocess(load_image_file(pair.image_path)) for pair in pairs[:4]])
+    with torch.inference_mode():
+        joint, look = feature_maps(tuned, pixels)
+        original = untrained.visual.trunk.forward_features(pixels)
+    torch.testing.assert_close(look, original)
+    assert (joint - original).abs().max() > 1e-3
+
+
+def test_category_batches_put_products_of_one_kind_side_by_side():
+    categories = ["a"] * 10 + ["b"] * 10 + [None] * 4
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(categories), generator=generator)
+    batches = category_batches(order, categories, batch_size=8, run=4, generator=generator)
+    flat = torch.cat(batches).tolist()
+    assert sorted(flat) == list(range(len(categories)))  # every product once
+    runs = [flat[i : i + 4] for i in range(0, 8, 4)]  # the first runs are whole: one kind each
+    assert all(len({categories[i] for i in run}) == 1 for run in runs)
+    assert torch.equal(torch.cat(category_batches(order, categories, 8, 1, generator)), order)
+
+
+def test_photo_views_are_the_photo_its_mirror_and_crops():
+    import random
+
+    from PIL import Image, ImageOps
+
+    photo = Image.new("RGB", (224, 224), (255, 255, 255))
+    photo.paste((200, 30, 30), (20, 20, 80, 200))  # a red product at the left
+    views = photo_views(photo, 4, random.Random(0))
+    assert views[0] is photo and ImageOps.mirror(views[1]).tobytes() == photo.tobytes()
+    assert all(view.width * view.height < 224 * 224 for view in views[2:])
 
 
 def test_the_validation_split_is_deterministic_and_disjoint():

@@ -1,0 +1,99 @@
+"""Teaching the image side: the top of the image trunk fine-tuned against the titles.
+
+The frozen ImageNet features were the ceiling of heads-only training (titles against photos on the
+fashion validation split: R@10 0.76, MRR 0.45, every head variant within 0.72-0.79). Here the
+trunk's last block(s) and head convolution train too, with the text tower locked. The feature map
+below them is computed once per photo view (the photo, its mirror image, random crops) and kept
+in half precision, so an epoch runs only the unlocked top: on Lite0's last block that is ~50 of
+the ~400 MFLOPs of a photo.
+
+Batches are built from runs of products of one category, so the other products a title is told
+apart from are often of its own kind (hard negatives): "navy blue shirt" against other shirts,
+not against watches.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from engine.trunk_top import lower_features
+
+# Views of one catalog photo a training epoch picks from: the photo, its mirror image and two
+# random crops (one mirrored). A crop keeps 55-100 % of the photo's area: tighter ones cut off
+# what the title names (the shoes' laces, the bag's handle).
+CROP_AREA = (0.55, 1.0)
+
+
+def photo_views(photo: Image.Image, count: int, rng: random.Random) -> list[Image.Image]:
+    """``count`` views of a catalog photo: itself first, then its mirror image, then random crops."""
+    views = [photo, ImageOps.mirror(photo)]
+    while len(views) < count:
+        views.append(_random_crop(photo, rng, mirror=len(views) % 2 == 1))
+    return views[:count]
+
+
+def _random_crop(photo: Image.Image, rng: random.Random, mirror: bool) -> Image.Image:
+    width, height = photo.size
+    area = rng.uniform(*CROP_AREA) * width * height
+    aspect = rng.uniform(0.8, 1.25)
+    crop_w = min(width, int(round((area * aspect) ** 0.5)))
+    crop_h = min(height, int(round((area / aspect) ** 0.5)))
+    left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
+    crop = photo.crop((left, top, left + crop_w, top + crop_h))
+    return ImageOps.mirror(crop) if mirror else crop
+
+
+def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: Sequence,
+                          load: Callable[..., Image.Image | None], depth: int, views: int, seed: int, desc: str,
+                          progress: bool, device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[int]]:
+    """The trunk's feature map below its last ``depth`` blocks for ``views`` views of each photo,
+    shape (views, n, C, H, W) in fp16 (below Lite0's last block: 192 x 7 x 7, 19 KB a view),
+    and the indices of the photos it holds: ``load`` returns None for a photo it cannot read."""
+    rng = random.Random(seed)
+    seeds = [rng.randrange(1 << 30) for _ in photos]
+
+    def prepare(i: int) -> list[torch.Tensor] | None:
+        photo = load(photos[i])
+        if photo is None:
+            return None
+        return [preprocess(view) for view in photo_views(photo, views, random.Random(seeds[i]))]
+
+    out, kept = [], []
+    trunk = trunk.eval()
+    with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
+        for start in tqdm(range(0, len(photos), 32), desc=desc, unit="batch", disable=not progress):
+            indices = range(start, min(start + 32, len(photos)))
+            prepared = [(i, p) for i, p in zip(indices, pool.map(prepare, indices)) if p is not None]
+            if not prepared:
+                continue
+            kept.extend(i for i, _ in prepared)
+            pixels = torch.stack([view for _, product in prepared for view in product])
+            pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
+            lower = lower_features(trunk, pixels, depth).half().cpu()
+            out.append(lower.reshape(len(prepared), views, *lower.shape[1:]).transpose(0, 1))
+    if not out:
+        return torch.zeros((views, 0, 1, 1, 1), dtype=torch.float16), kept
+    return torch.cat(out, dim=1).contiguous(), kept
+
+
+def category_batches(order: torch.Tensor, categories: Sequence[str | None], batch_size: int, run: int,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """Batches of ``order`` made of runs of ``run`` products of one category, the runs shuffled.
+
+    A product without a category is a run of its own kind ("" ). ``run`` 1 is plain shuffling.
+    """
+    if run <= 1:
+        return list(order.split(batch_size))
+    by_category: dict[str, list[int]] = {}
+    for index in order.tolist():  # order is already shuffled, so each category's list is too
+        by_category.setdefault(categories[index] or "", []).append(index)
+    runs = [members[i : i + run] for members in by_category.values() for i in range(0, len(members), run)]
+    shuffled = [runs[i] for i in torch.randperm(len(runs), generator=generator).tolist()]
+    flat = torch.tensor([index for chunk in shuffled for index in chunk])
+    return list(flat.split(batch_size))
