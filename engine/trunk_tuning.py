@@ -42,8 +42,8 @@ def _random_crop(photo: Image.Image, rng: random.Random, mirror: bool) -> Image.
     width, height = photo.size
     area = rng.uniform(*CROP_AREA) * width * height
     aspect = rng.uniform(0.8, 1.25)
-    crop_w = min(width, int(round((area * aspect) ** 0.5)))
-    crop_h = min(height, int(round((area / aspect) ** 0.5)))
+    crop_w = min(width, round((area * aspect) ** 0.5))
+    crop_h = min(height, round((area / aspect) ** 0.5))
     left, top = rng.randint(0, width - crop_w), rng.randint(0, height - crop_h)
     crop = photo.crop((left, top, left + crop_w, top + crop_h))
     return ImageOps.mirror(crop) if mirror else crop

@@ -7,9 +7,9 @@ from engine.lit_model import build_lit_model
 from engine.look_head import LookHead
 from engine.look_training import LookConfig, train_look_head
 from engine.model_loading import load_encoder
+from engine.registry import resolve_model
 from engine.settings import ModelSettings
 from engine.shopper_views import shopper_view
-from engine.registry import resolve_model
 from engine.training import TrainConfig, TrainingPair, retrieval_metrics, split_validation, train_lit_heads
 from engine.trunk_top import feature_maps
 from engine.trunk_tuning import category_batches, photo_views
