@@ -260,7 +260,9 @@ def delete(
 def train(
     catalog: Annotated[Path, typer.Option(help="Catalog with photos and titles to learn from.")],
     out: Annotated[Path, typer.Option(help="Where to write the trained heads (.pt).")],
-    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 40,
+    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 10,
+    unlocked_blocks: Annotated[int, typer.Option(
+        min=0, help="The image trunk's last blocks trained with the heads (0: heads only, towers locked).")] = 1,
     val_fraction: Annotated[float, typer.Option(help="Share of products held out for validation.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of the split and the training.")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N products (quick runs).")] = None,
@@ -300,7 +302,7 @@ def train(
                        f"{report['val_products']} validation products, Recall@1 {report['before'].get('r1')} "
                        f"-> {report['after'].get('r1')}\nwritten to {out}; use it with SNAPSHOP_MODEL__WEIGHTS={out}")
             return
-        config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed)
+        config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed, unlocked_blocks=unlocked_blocks)
         result = train_lit_heads(pairs, out, config, model_name=settings.model.name,
                                  look=LookConfig(seed=seed) if look else None, device=train_device)
     except ValueError as e:  # too few pairs to train on
