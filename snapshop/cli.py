@@ -260,7 +260,7 @@ def delete(
 def train(
     catalog: Annotated[Path, typer.Option(help="Catalog with photos and titles to learn from.")],
     out: Annotated[Path, typer.Option(help="Where to write the trained heads (.pt).")],
-    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Passes over the training split.")] = 40,
     unlocked_blocks: Annotated[int, typer.Option(
         min=0, help="The image trunk's last blocks trained with the heads (0: heads only, towers locked).")] = 1,
     val_fraction: Annotated[float, typer.Option(help="Share of products held out for validation.")] = 0.25,

@@ -21,7 +21,8 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
                                             "Jeans", "Flip Flops", "Tshirts"])
     pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
     out = tmp_path / "heads.pt"
-    report = train_lit_heads(pairs, out, TrainConfig(epochs=12, batch_size=32, val_fraction=0.25, views=2),
+    report = train_lit_heads(pairs, out, TrainConfig(epochs=12, batch_size=32, val_fraction=0.25, views=2,
+                                                                 unlocked_blocks=1, category_run=4),
                              progress=False)
     assert report.train_products == 48 and report.val_products == 16 and report.tune_products == 5
     losses = [row["loss"] for row in report.history]
@@ -51,7 +52,8 @@ def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path
     rows = pick_products(fashion_frame, 4, ["Shirts", "Watches", "Handbags", "Jeans"])
     pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
     out = tmp_path / "heads.pt"
-    train_lit_heads(pairs, out, TrainConfig(epochs=3, batch_size=8, views=1, trunk_learning_rate=1e-2),
+    train_lit_heads(pairs, out, TrainConfig(epochs=3, batch_size=8, views=1, unlocked_blocks=1,
+                                                 trunk_learning_rate=1e-2),
                     progress=False, look=None)
     spec = resolve_model("snapshop-lit-fashion")
     tuned, preprocess, _, _ = build_lit_model(spec.config_path, out)
