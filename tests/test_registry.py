@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.errors import ModelWeightsMissing, UnknownModel
@@ -61,3 +62,53 @@ def test_the_trained_model_matches_words_to_photos(encoder, fashion_frame):
     words = encoder.encode_texts(["a wrist watch", "flip flops"])
     similarity = words @ photos.T
     assert similarity[0, 0] > similarity[0, 1] and similarity[1, 1] > similarity[1, 0]
+
+
+def test_the_appearance_path_has_its_own_trunk_loaded_offline_from_its_package(encoder):
+    """The look tower is EfficientNet-Lite1 at 240 px, its weights those the package ships (no download)."""
+    from engine.lit_model import load_config, resolve_package_path
+
+    look = load_config(resolve_model("snapshop-lit-fashion").config_path)["look_tower"]
+    assert resolve_package_path(look["weights"]).is_file()
+    packaged = torch.load(look["weights"], map_location="cpu", weights_only=True)
+    trunk = encoder.model.look_trunk
+    assert trunk is not encoder.model.visual.trunk
+    torch.testing.assert_close(trunk.conv_stem.weight.float(), packaged["_conv_stem.weight"])
+    torch.testing.assert_close(trunk.conv_head.weight.float(), packaged["_conv_head.weight"])
+    assert encoder.model.look_preprocess(Image.new("RGB", (640, 480))).shape[-2:] == (240, 240)
+
+
+def test_photos_get_appearance_vectors_from_the_look_trunk_alone(encoder):
+    """The appearance vector is the look trunk's (through the look head), the joint vector the
+    image tower's: a query's photo encoded side by side equals the same photo in a batch."""
+    images = [Image.open(require(FASHION) / "images" / name).convert("RGB") for name in sorted(
+        p.name for p in (require(FASHION) / "images").iterdir())[:6]]
+    joint, look = encoder.encode_photos(images)
+    assert look.shape == (6, encoder.info.look_dim) == (6, 1280)
+    np.testing.assert_allclose(np.linalg.norm(look, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(joint, encoder.encode_images(images), atol=1e-4)
+    query_joint, query_look = encoder.encode_photos(images[:3])  # a query's three regions: both trunks at once
+    np.testing.assert_allclose(query_joint, joint[:3], atol=1e-4)
+    np.testing.assert_allclose(query_look, look[:3], atol=1e-4)
+    model = encoder.model
+    with torch.inference_mode():
+        pixels = torch.stack([model.look_preprocess(image) for image in images[:1]])
+        expected = model.look_head(model.look_head.pool(model.look_trunk.forward_features(pixels)))
+    np.testing.assert_allclose(look[0], (expected / expected.norm()).numpy()[0], atol=1e-4)
+
+
+def test_a_store_made_by_the_previous_version_of_the_default_model_is_refused(tmp_path, encoder):
+    """Version 2's appearance vectors came from another trunk (Lite0): a store of them is refused
+    with what to do, not searched with the new trunk's vectors."""
+    from engine.errors import StoreModelMismatch
+    from engine.model_info import ModelInfo
+    from engine.settings import StoreSettings
+    from engine.store import open_store
+
+    assert encoder.info.version.startswith("3-")
+    settings = StoreSettings(path=tmp_path / "store")
+    previous = ModelInfo(encoder.info.name, "2-0aa18c7e55", encoder.info.dim, 1280)
+    with open_store(settings, previous):
+        pass
+    with pytest.raises(StoreModelMismatch, match=r"snapshop-lit-fashion@2-0aa18c7e55.*re-index"):
+        open_store(settings, encoder.info)

@@ -47,8 +47,8 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
 
 
 def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path, fashion_frame):
-    """The trunk's top is trained for the joint space only: a photo's appearance feature map is the
-    untrained trunk's, its joint one is not."""
+    """The trunk's top is trained for the joint space only: a photo's appearance feature map (the
+    model's own look trunk, EfficientNet-Lite1) is the untrained one's, its joint one is not."""
     rows = pick_products(fashion_frame, 4, ["Shirts", "Watches", "Handbags", "Jeans"])
     pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
     out = tmp_path / "heads.pt"
@@ -58,11 +58,15 @@ def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path
     spec = resolve_model("snapshop-lit-fashion")
     tuned, preprocess, _, _ = build_lit_model(spec.config_path, out)
     untrained, _, _, _ = build_lit_model(spec.config_path, None)
-    pixels = torch.stack([preprocess(load_image_file(pair.image_path)) for pair in pairs[:4]])
+    photos = [load_image_file(pair.image_path) for pair in pairs[:4]]
+    pixels = torch.stack([preprocess(photo) for photo in photos])
+    look_pixels = torch.stack([tuned.look_preprocess(photo) for photo in photos])
     with torch.inference_mode():
-        joint, look = feature_maps(tuned, pixels)
+        joint, _ = feature_maps(tuned, pixels)
         original = untrained.visual.trunk.forward_features(pixels)
-    torch.testing.assert_close(look, original)
+        look = tuned.look_trunk.forward_features(look_pixels)
+        original_look = untrained.look_trunk.forward_features(look_pixels)
+    torch.testing.assert_close(look, original_look)
     assert (joint - original).abs().max() > 1e-3
 
 
