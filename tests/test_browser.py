@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from playwright.sync_api import expect
 from PIL import Image
 
 from api.app import create_app
@@ -252,7 +253,11 @@ def test_the_merchandiser_previews_saves_and_deletes_a_rule(server, page):
     assert first not in card_ids(page)
     assert page.locator("#rule-list li").count() == 0
     search_and_wait(page, lambda: page.click("#rule-save"))
-    assert page.locator("#rule-list li").count() == 1 and first not in card_ids(page)
+    # Saving posts the rule, reloads the list, then searches: wait for the list itself, then for
+    # the search that follows it (a preview's answer can arrive first on a loaded machine).
+    expect(page.locator("#rule-list li")).to_have_count(1, timeout=15_000)
+    page.wait_for_selector("#results[data-status=ready]")
+    assert first not in card_ids(page), page.locator("#rule-status").text_content()
     page.screenshot(path=str(ARTIFACTS / "merchandiser-rules.png"), full_page=True)
     search_and_wait(page, lambda: page.click("#rule-list li button"))
     assert page.locator("#rule-list li").count() == 0 and card_ids(page)[0] == first

@@ -467,6 +467,9 @@ function legendEntry(signal) {
 }
 
 function searchSoon() {
+  // A search is due: the results on show are already stale, so say so at once (a page or a test
+  // that waits for "ready" then waits for this search, not for one that was answered before it).
+  $("#results").dataset.status = "loading";
   clearTimeout(state.timer);
   state.timer = setTimeout(runSearch, LIVE_DELAY_MS);
 }
