@@ -102,6 +102,9 @@ def test_queries_are_measured_beside_exact_search_with_recall(tiny_report):
             for key in ("p50_ms", "p99_ms", "exact_p50_ms", "engine_over_exact_p50", "ann_p50_ms", "selectivity"):
                 assert number(figures[key]), (kind, mode, key)
             assert figures["p99_ms"] >= figures["p50_ms"]
+            # The store's share of each query (its searches, scores and reads) is part of the whole.
+            assert 0 < figures["store_p50_ms"] <= figures["store_p99_ms"]
+            assert figures["store_p50_ms"] < figures["p50_ms"]
             recall = figures["recall@10"]
             assert "image" in recall and all(0 <= v <= 1 for v in recall.values())
             # Within 1 % of the exact 10th's distance: every exact top-10 hit counts, and near-ties too.
@@ -126,7 +129,7 @@ def test_queries_are_measured_beside_exact_search_with_recall(tiny_report):
 
 def test_every_acceptance_target_is_reported(tiny_report):
     targets = {t["target"]: t for t in tiny_report["targets"]}
-    assert len(targets) == 7
+    assert len(targets) == 8
     assert targets["products loaded into the embedded store"]["value"] == SIZE
     assert targets["products loaded into the embedded store"]["met"] is False
     assert targets["text query p50 at 100k products (ms)"]["met"] is None  # not measured at this size
@@ -137,18 +140,20 @@ def test_acceptance_reads_the_sizes_it_names():
     report = {
         "ingest": {"end_to_end_over_encoder_only": 0.9},
         "scale": {"100000": {"queries": {"text": {"unfiltered": {"p50_ms": 12.0, "recall@10": {"image": 0.97}}},
-                                         "photo": {"unfiltered": {"p50_ms": 70.0, "recall@10": {"image": 0.99}}}}},
+                                         "photo": {"unfiltered": {"p50_ms": 170.0, "recall@10": {"image": 0.99}}}}},
                   "1000000": {"load": {"total_s": 850.0},
-                              "queries": {"text": {"filtered": {"p99_ms": 40.0, "recall@10": {"image": 0.96}}},
-                                          "photo": {"filtered": {"p99_ms": 45.0}},
-                                          "photo_text": {"filtered": {"p99_ms": 49.0}}}}},
+                              "queries": {"text": {"filtered": {"p99_ms": 48.0, "store_p99_ms": 30.0,
+                                                                "recall@10": {"image": 0.96}}},
+                                          "photo": {"filtered": {"p99_ms": 160.0, "store_p99_ms": 45.0}},
+                                          "photo_text": {"filtered": {"p99_ms": 170.0, "store_p99_ms": 49.0}}}}},
     }
     met = {t["target"]: t["met"] for t in acceptance(report)}
-    assert list(met.values()) == [True, False, True, True, True, True, True]
-    report["scale"]["1000000"]["queries"]["photo"]["filtered"]["p99_ms"] = 51.0  # the worst kind counts
+    assert list(met.values()) == [True, False, True, True, True, True, True, True]
+    report["scale"]["1000000"]["queries"]["photo"]["filtered"]["store_p99_ms"] = 51.0  # the worst kind counts
+    report["scale"]["1000000"]["queries"]["text"]["filtered"]["p99_ms"] = 55.0
     report["scale"]["1000000"]["load"]["total_s"] = 2400.0
     met = {t["target"]: t["met"] for t in acceptance(report)}
-    assert list(met.values()) == [True, False, True, True, False, False, True]
+    assert list(met.values()) == [True, False, True, True, False, False, False, True]
 
 
 def test_exact_search_is_a_sort():

@@ -162,7 +162,7 @@ def run_queries(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCa
 
 def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, queries: list[BenchQuery],
          mode: str):
-    latencies, exact_latencies, ann_latencies, selectivity = [], [], [], []
+    latencies, exact_latencies, ann_latencies, selectivity, store_seconds = [], [], [], [], []
     recalls: dict[str, list[float]] = {using: [] for using in MATRIX}
     tolerant: dict[str, list[float]] = {using: [] for using in MATRIX}
     probes = []
@@ -170,12 +170,19 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
     # come after: between two searches they flush the caches and leave BLAS and OpenMP threads
     # spinning on both cores, which tripled a text query's latency here.
     stages: list[dict[str, float]] = []
-    for query in queries:
-        filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
-        decode = _timed_decode(real, query) if query.image is not None else {}
-        latencies.append(_timed_search(searcher, SearchQuery(text=query.text, image=query.image, filters=filters,
-                                                             k=RECALL_K), stages))
-        stages[-1].update(decode)
+    store, timer = searcher.store, StoreTimer(searcher.store)
+    searcher.store = timer
+    try:
+        for query in queries:
+            filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
+            decode = _timed_decode(real, query) if query.image is not None else {}
+            timer.seconds = 0.0
+            latencies.append(_timed_search(searcher, SearchQuery(text=query.text, image=query.image,
+                                                                 filters=filters, k=RECALL_K), stages))
+            stages[-1].update(decode)
+            store_seconds.append(timer.seconds)
+    finally:
+        searcher.store = store
     for query in queries:
         filters = filters_for(query, real) if mode == "filtered" else SearchFilters()
         # The searches the engine makes for this query, as its plan says (engine.search.Searcher.plan):
@@ -203,11 +210,12 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
             recalls[probe.using].append(_overlap(hits, exact))
             tolerant[probe.using].append(_epsilon_overlap(hits, exact, matrix, probe.vector))
             probes.append((probe.using, probe.vector, filters, exact))
-    engine, exact = _percentiles(latencies), _percentiles(exact_latencies)
+    engine, exact, in_store = _percentiles(latencies), _percentiles(exact_latencies), _percentiles(store_seconds)
     decoded = [latency + stage.get("decode", 0.0) for latency, stage in zip(latencies, stages)]
     return {
         "queries": len(queries), **engine,
         "end_to_end_p50_ms": _percentiles(decoded)["p50_ms"],
+        "store_p50_ms": in_store["p50_ms"], "store_p99_ms": in_store["p99_ms"],
         "stages_p50_ms": _stage_medians(stages),
         "exact_p50_ms": exact["p50_ms"], "exact_p99_ms": exact["p99_ms"],
         "engine_over_exact_p50": _ratio(engine["p50_ms"], exact["p50_ms"]),
@@ -216,6 +224,29 @@ def _run(searcher: Searcher, real: RealEmbeddings, synthetic: SyntheticCatalog, 
         "recall@10": {name: round(float(np.mean(v)), 4) for name, v in recalls.items() if v},
         "recall@10_epsilon": {name: round(float(np.mean(v)), 4) for name, v in tolerant.items() if v},
     }, probes
+
+
+class StoreTimer:
+    """The store as a timed search sees it, adding up the seconds of its calls: a query's time in
+    the store (its searches, candidates' scores, payload reads), apart from the model's encoding
+    and the ranker's own work."""
+
+    def __init__(self, store):
+        self.store = store
+        self.seconds = 0.0
+
+    def __getattr__(self, name):
+        found = getattr(self.store, name)
+        if not callable(found):
+            return found
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return found(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+        return timed
 
 
 def _timed_search(searcher: Searcher, query: SearchQuery, stages: list | None = None) -> float:
