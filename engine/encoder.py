@@ -106,6 +106,28 @@ class Encoder:
         self._chunked(images, encode)
         return joint, look
 
+    def encode_query_photo(self, regions: Sequence[Image.Image], joint_regions: int) -> tuple[np.ndarray, np.ndarray]:
+        """A query photo's search regions (``engine.regions``): joint-space vectors of the first
+        ``joint_regions`` of them, appearance vectors of all.
+
+        With a look tower of its own (version 3), the two trunks run side by side on a CPU with two
+        or more threads, one core each, the joint trunk on the regions asked for only
+        (``engine.regions.JOINT_REGIONS`` weighs what fewer cost in quality). A model whose one
+        trunk makes both vectors gets every region's joint vector for free.
+        """
+        trunk = getattr(getattr(self.model, "visual", None), "trunk", None)
+        if getattr(self.model, "look_trunk", None) is None or not hasattr(trunk, "forward_features"):
+            return self.encode_photos(regions)
+        joint_part = list(regions[:joint_regions])
+        workers = torch.get_num_threads() if self.device.type == "cpu" else 1
+        if workers > 1:
+            pool = self._photo_pool(workers)
+            joint_done = pool.submit(self._joint_chunk, trunk, joint_part)
+            look_done = pool.submit(self._look_chunk, regions, None)
+            return joint_done.result()[0], look_done.result()
+        with self._threads_for(1):
+            return self._joint_chunk(trunk, joint_part)[0], self._look_chunk(regions, None)
+
     @torch.inference_mode()
     def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[np.ndarray, torch.Tensor]:
         """Joint-space vectors of photos, and the trunk's feature map the appearance vector reads

@@ -13,6 +13,10 @@ descriptor quantised to uint8. The store keeps them as a uint8 multivector on di
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -80,6 +84,35 @@ def extract_local_features(image: Image.Image, max_side: int = MAX_SIDE,
     return LocalFeatures(points, quantised)
 
 
+def extract_beside(image: Image.Image) -> Future:
+    """``extract_local_features(image)`` started on a background thread: a future of the features
+    and the seconds they took. OpenCV lets go of Python's lock while it works, so a query photo's
+    SIFT runs beside its trunks' passes instead of after them."""
+    return _background().submit(_timed_extract, image)
+
+
+def _timed_extract(image: Image.Image) -> tuple[LocalFeatures, float]:
+    start = time.perf_counter()
+    features = extract_local_features(image)
+    return features, time.perf_counter() - start
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+# Query photos whose SIFT runs at once: as many as searches are encoded at once by default
+# (SearchSettings.search_threads).
+_BACKGROUND_WORKERS = 4
+
+
+def _background() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        # Keyed by process: a forked child inherits the pool but not its threads.
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(_BACKGROUND_WORKERS, thread_name_prefix="sift"))
+        return _POOL[1]
+
+
 _MATCHER = cv2.BFMatcher(cv2.NORM_L2)
 
 
@@ -128,3 +161,12 @@ def unpack(rows: np.ndarray) -> list[LocalFeatures]:
 def best_inliers(query: LocalFeatures, photos: list[LocalFeatures]) -> int:
     """The most inliers of the query photo against any of a product's photos."""
     return max((verify(query, photo) for photo in photos), default=0)
+
+
+def best_inliers_of_each(query: LocalFeatures, products: list[list[LocalFeatures]]) -> list[int]:
+    """``best_inliers`` of the query against each product's photos, the products spread over the
+    background threads (OpenCV's matching and RANSAC let go of Python's lock): the verification
+    of a query's top candidates is one core's work per candidate otherwise."""
+    if len(products) < 2:
+        return [best_inliers(query, photos) for photos in products]
+    return list(_background().map(lambda photos: best_inliers(query, photos), products))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from engine.batchnorm_folding import fold_batchnorm
 from engine.encoder import Encoder
 from engine.errors import ModelWeightsMissing, UnknownModel
 from engine.model_info import ModelInfo
@@ -79,6 +80,9 @@ def load_encoder(settings: ModelSettings) -> Encoder:
         model, preprocess, tokenizer, metadata, version = _load_open_clip(spec, settings)
     else:  # pragma: no cover - registry.json is validated by its dataclass
         raise UnknownModel(f"model '{spec.name}' has unknown kind '{spec.kind}'")
+    # Served, not trained: the image trunks' BatchNorms go into their convolutions (same vectors,
+    # a quarter less time a photo: engine.batchnorm_folding).
+    fold_batchnorm(model)
     # Depthwise convolutions run about 2.5x faster channels-last on CPU (measured here); on a
     # GPU channels-last is what the half-precision convolution kernels want too.
     model = model.to(device).eval().to(memory_format=torch.channels_last).to(dtype)

@@ -20,11 +20,11 @@ from engine.attributes import attribute_filters, facet_counts, payload_key
 from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
-from engine.local_features import LocalFeatures, extract_local_features
+from engine.local_features import LocalFeatures, extract_beside
 from engine.photo_kind import photo_kind
 from engine.products import payload_of
 from engine.ranking import VERIFIED_MATCH, fuse, fused_scores, softmax, squash
-from engine.regions import WHOLE, Region, search_regions
+from engine.regions import JOINT_REGIONS, WHOLE, Region, search_regions
 from engine.rules import Merchandising, Rule, adjust, expand, pin, rule_fields
 from engine.settings import SearchSettings
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction, photo_breadth
@@ -299,20 +299,23 @@ class Searcher:
 
     def encode_photo(self, image: Image.Image, crop: Region | None = None, verify: bool = True,
                      clock: StageClock | None = None) -> EncodedPhoto:
-        """A shopper's photo as query vectors: the mean direction of its search regions' vectors
-        (``engine.regions``), encoded as one batch (a mean of unit vectors scores each product by
-        its mean cosine to the regions); and the local features of the box searched, when the
-        store keeps products' local features and ``verify``."""
+        """A shopper's photo as query vectors: the appearance vector is the mean direction of its
+        search regions' (``engine.regions``; a mean of unit vectors scores each product by its mean
+        cosine to the regions), the joint-space vector that of the first ``JOINT_REGIONS``; and
+        the local features of the box searched, when the store keeps products' local features and
+        ``verify``. The local features are made beside the trunks' passes (``verify`` stage: their
+        own time, within the ``encode`` stage's wall time)."""
         clock = clock or StageClock()
         with clock.stage("crops"):
             regions = search_regions(crop)
             cuts = [region.cut(image) for region in regions]
+        verifying = verify and self.settings.verify_top > 0 and getattr(self.store, "local_features", False)
+        pending = extract_beside(cuts[0]) if verifying else None
         with clock.stage("encode"):
-            joint, looks = self.encoder.encode_photos(cuts)
-        local = None
-        if verify and self.settings.verify_top > 0 and getattr(self.store, "local_features", False):
-            with clock.stage("verify"):
-                local = extract_local_features(cuts[0])
+            joint, looks = self.encoder.encode_query_photo(cuts, JOINT_REGIONS)
+            local, seconds = pending.result() if pending is not None else (None, 0.0)
+        if pending is not None:
+            clock.add("verify", seconds)
         return EncodedPhoto(mean_direction(joint), mean_direction(looks), local, crop or WHOLE)
 
     def plan(self, query: PreparedQuery) -> SearchPlan:

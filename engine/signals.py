@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from engine.local_features import LocalFeatures, best_inliers, unpack
+from engine.local_features import LocalFeatures, best_inliers_of_each, unpack
 from engine.photo_kind import PhotoKind
 from engine.ranking import Background, bm25_share, bounded, match_evidence, price_closeness
 from engine.regions import Region
@@ -226,10 +226,14 @@ def geometric_match(signal: Signal, c: Candidates) -> np.ndarray | None:
     if c.query.local is None:
         return None
     out = np.zeros(len(c.keys))
+    rows, products = [], []
     for row, key in enumerate(c.keys):
         stored = c.records.get(key)
         if stored is not None and stored.local_features is not None:
-            out[row] = match_evidence(best_inliers(c.query.local, unpack(stored.local_features)))
+            rows.append(row)
+            products.append(unpack(stored.local_features))
+    for row, inliers in zip(rows, best_inliers_of_each(c.query.local, products)):
+        out[row] = match_evidence(inliers)
     return out
 
 

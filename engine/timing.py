@@ -21,3 +21,7 @@ class StageClock:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def add(self, name: str, seconds: float) -> None:
+        """Count ``seconds`` of work timed elsewhere (another thread) as part of stage ``name``."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds

@@ -53,3 +53,31 @@ def test_serving_loads_no_training_code():
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_serving_folds_batchnorm_and_finds_the_same_vectors(encoder):
+    """Folding the trunks' BatchNorms into their convolutions (engine.batchnorm_folding) changes
+    no vector a shopper's photo gets: compared with the model as training builds it, real weights."""
+    import numpy as np
+
+    from engine.images import load_image_file
+    from engine.lit_model import build_lit_model
+    from engine.regions import search_regions
+    from engine.registry import resolve_model
+    from tests.conftest import GROCERY, require
+
+    spec = resolve_model(encoder.info.name)
+    model, preprocess, tokenizer, _ = build_lit_model(spec.config_path, spec.weights_path)
+    unfolded = Encoder(model.to(memory_format=torch.channels_last), preprocess, tokenizer, encoder.info,
+                       torch.device("cpu"), 8)
+    photos = sorted((require(GROCERY) / "queries").glob("*.jpg"))[:: 200][:4]
+    for path in photos:
+        photo = load_image_file(path)
+        regions = [region.cut(photo) for region in search_regions(None)]
+        joint, look = encoder.encode_photos(regions)
+        joint_ref, look_ref = unfolded.encode_photos(regions)
+        assert np.min(np.sum(joint * joint_ref, axis=1)) > 0.9999, path.name
+        assert np.min(np.sum(look * look_ref, axis=1)) > 0.9999, path.name
+    served = [m for m in encoder.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not served, f"{len(served)} BatchNorms left unfolded"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # what training keeps

@@ -73,8 +73,11 @@ def test_the_appearance_path_has_its_own_trunk_loaded_offline_from_its_package(e
     packaged = torch.load(look["weights"], map_location="cpu", weights_only=True)
     trunk = encoder.model.look_trunk
     assert trunk is not encoder.model.visual.trunk
-    torch.testing.assert_close(trunk.conv_stem.weight.float(), packaged["_conv_stem.weight"])
-    torch.testing.assert_close(trunk.conv_head.weight.float(), packaged["_conv_head.weight"])
+    # Served with each BatchNorm folded into the convolution before it (engine.batchnorm_folding).
+    for conv, norm, served in (("_conv_stem", "_bn0", trunk.conv_stem), ("_conv_head", "_bn1", trunk.conv_head)):
+        scale = packaged[f"{norm}.weight"] / torch.sqrt(packaged[f"{norm}.running_var"] + 1e-3)
+        torch.testing.assert_close(served.weight.float(), packaged[f"{conv}.weight"] * scale.reshape(-1, 1, 1, 1))
+        torch.testing.assert_close(served.bias.float(), packaged[f"{norm}.bias"] - packaged[f"{norm}.running_mean"] * scale)
     assert encoder.model.look_preprocess(Image.new("RGB", (640, 480))).shape[-2:] == (240, 240)
 
 
