@@ -267,8 +267,9 @@ def _timed_decode(real: RealEmbeddings, query: BenchQuery) -> dict[str, float]:
 
 
 def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
-    """The median ms of each stage over the queries (0 where a query skipped it). The rank stage's
-    time includes the matching half of verify (engine.search)."""
+    """The median ms of each stage over the queries (0 where a query skipped it). Stages overlap:
+    verify's first half (the query's SIFT) runs beside the trunks, within the encode stage's time,
+    its second half (matching the top candidates) within the rank stage's (engine.search)."""
     names = dict.fromkeys(name for stage in stages for name in stage)
     return {name: round(float(np.median([stage.get(name, 0.0) for stage in stages]) * 1000), 2)
             for name in names}
