@@ -32,12 +32,8 @@ class StoreSettings(BaseModel):
         "result wanted, rescored with the original vectors.",
     )
     segment_products: int = Field(
-        250_000, ge=0, description="Embedded store: build the search graphs of each this many products as "
+        100_000, ge=0, description="Embedded store: build the search graphs of each this many products as "
         "they are written, a segment at a time, instead of all of them at the end; 0: only at the end.",
-    )
-    search_threads: int = Field(
-        2, ge=1, le=32, description="Embedded store: threads that share one query's searches (its signals' "
-        "searches run side by side, each visiting every segment).",
     )
     shard_number: int | None = Field(
         None, ge=1, description="Shards of a new server collection; a Qdrant cluster spreads them over its "

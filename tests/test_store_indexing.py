@@ -9,7 +9,7 @@ import pytest
 from engine.model_info import ModelInfo
 from engine.settings import StoreSettings
 from engine.store import IMAGE_VECTOR, ProductPoint, SearchFilters, open_store
-from engine.store.base import CAPTION_VECTOR, LOCAL_VECTOR, SENTENCE_VECTOR, VectorQuery, point_id
+from engine.store.base import CAPTION_VECTOR, LOCAL_VECTOR, SENTENCE_VECTOR, VectorQuery
 from engine.store.edge import EdgeStore
 from engine.store.indexing import Indexing
 
@@ -108,28 +108,3 @@ def test_graphs_are_built_a_segment_at_a_time_while_writing(tmp_path):
             assert narrowed[0].product_id == f"p{i}"
             assert all(h.payload["category"] == CATEGORIES[i % 3] and h.payload["price"] <= i + 1 for h in narrowed)
         assert store.get(["p6999"], with_vectors=True)["p6999"].image_vectors.shape == (1, INFO.dim)
-
-
-@pytest.mark.parametrize("threads", [2, 3])
-def test_a_querys_searches_shared_by_threads_answer_as_one_thread_does(tmp_path, threads):
-    """The embedded store spreads one query's searches over its search threads; each search still
-    gets its own answer, in the order asked, the same as searched one after another."""
-    settings = StoreSettings(path=tmp_path / "store")
-    products = catalog(400)
-    product_of = {str(point_id(p.product_id)): p.product_id for p in products}
-    queries = [VectorQuery(IMAGE_VECTOR, products[i].image_vectors[0]) for i in (3, 50, 120)]
-    queries += [VectorQuery(SENTENCE_VECTOR, products[i].sentence_vector, limit=limit)
-                for i, limit in ((7, 5), (99, 6), (250, 12), (311, 8))]
-    keys = [point_id(f"p{i}") for i in range(0, 400, 3)]
-    answers = {}
-    for n in (1, threads):
-        with EdgeStore(settings.path, settings.collection, INFO, indexing=Indexing(search_threads=n)) as store:
-            if store.count() == 0:
-                store.upsert(products)
-            answers[n] = (store.search_many(queries, SearchFilters(categories=("Shirts", "Shoes")), 10),
-                          store.score(keys, queries))
-    found, scores = answers[threads]
-    assert (found, scores) == answers[1]
-    assert [len(hits) for hits in found] == [10, 10, 10, 5, 6, 12, 8]
-    assert [product_of[str(hits[0][0])] for hits in found[:3]] == ["p3", "p50", "p120"]
-    assert all(len(by_key) == len(keys) for by_key in scores)

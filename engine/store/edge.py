@@ -19,7 +19,6 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 try:
     import fcntl
@@ -101,13 +100,8 @@ class EdgeStore(VectorStore):
         self.indexing = indexing = indexing or Indexing()
         # Searches of int8 copies, their best candidates rescored with the original vectors (Qdrant
         # ignores it for a vector without copies); scores of given candidates read the originals.
+        self._rescored = qe.QuantizationSearchParams(rescore=True, oversampling=indexing.oversampling)
         self._exact = qe.QuantizationSearchParams(ignore=True)
-        # One query's searches (a search per signal, each visiting every segment) shared by threads:
-        # Qdrant Edge answers a batch one search after another and lets go of the GIL meanwhile.
-        # Four searches of a photo query on a million products in eleven segments: p50 66-100 ms
-        # in one batch, 50-63 ms split over two threads (busy machine).
-        self._searchers = (ThreadPoolExecutor(indexing.search_threads - 1, thread_name_prefix="snapshop-search")
-                           if indexing.search_threads > 1 else None)
         self._written = 0  # products written since the graphs were last built
         self._write_lock = threading.Lock()
         self.shard = None
@@ -305,11 +299,6 @@ class EdgeStore(VectorStore):
                                                        *vectors_of(record.vector, self.layout))
         return out
 
-    def _rescored(self, breadth: int = 1):
-        """Search the int8 copies, rescore the best candidates with the original vectors (Qdrant
-        ignores it for a vector without copies), wider for a wider search (engine.store.indexing)."""
-        return qe.QuantizationSearchParams(rescore=True, oversampling=self.indexing.oversampling_for(breadth))
-
     def query(self, vector, using, filters, limit, with_vectors=False, breadth=1) -> list[Hit]:
         query_vector = vector.astype(np.float32).tolist()
         if using in (IMAGE_VECTOR, LOOK_VECTOR):
@@ -320,7 +309,7 @@ class EdgeStore(VectorStore):
             filter=_filter(filters),
             with_payload=True,
             with_vector=self.layout.names(with_vectors),
-            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth), quantization=self._rescored(breadth)),
+            params=qe.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth), quantization=self._rescored),
         )
         return self._hits(request)
 
@@ -331,9 +320,10 @@ class EdgeStore(VectorStore):
         requests = [qe.QueryRequest(limit=q.limit or limit, query=self._nearest(q), filter=condition,
                                     with_payload=False, with_vector=False,
                                     params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth),
-                                                           quantization=self._rescored(q.breadth)))
+                                                           quantization=self._rescored))
                     for q in queries]
-        return [[(p.id, p.score) for p in points] for points in self._query_batch(requests)]
+        answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [[(p.id, p.score) for p in points] for points in answers]
 
     def score(self, keys, queries):
         if not keys or not queries:
@@ -344,21 +334,8 @@ class EdgeStore(VectorStore):
         requests = [qe.QueryRequest(limit=len(keys), query=self._nearest(q), filter=condition, with_payload=False,
                                     with_vector=False, params=qe.SearchParams(quantization=self._exact))
                     for q in queries]
-        return [{p.id: p.score for p in points} for points in self._query_batch(requests)]
-
-    def _query_batch(self, requests: list) -> list:
-        """The answers of ``requests`` in their order, the searches shared by the search threads
-        (interleaved: a query's costly appearance search and its cheap ones spread over them)."""
-        n = min(self.indexing.search_threads, len(requests))
-        if self._searchers is None or n < 2:
-            return self.shard.query_batch(qe.QueryBatchRequest(requests))
-        parts = [requests[i::n] for i in range(n)]
-        others = [self._searchers.submit(self.shard.query_batch, qe.QueryBatchRequest(part)) for part in parts[1:]]
-        answers = [self.shard.query_batch(qe.QueryBatchRequest(parts[0]))] + [f.result() for f in others]
-        out = [None] * len(requests)
-        for i, part in enumerate(answers):
-            out[i::n] = part
-        return out
+        answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
+        return [{p.id: p.score for p in points} for points in answers]
 
     def records(self, keys, fields=None, vectors=None):
         if not keys:
@@ -468,9 +445,6 @@ class EdgeStore(VectorStore):
 
     def close(self) -> None:
         shard, self.shard = getattr(self, "shard", None), None
-        searchers, self._searchers = getattr(self, "_searchers", None), None
-        if searchers is not None:
-            searchers.shutdown(wait=True)  # no search still running on the shard being closed
         try:
             if shard is not None:
                 with self._write_lock:

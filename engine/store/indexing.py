@@ -23,12 +23,6 @@ FULL_SCAN_KB = 10_000  # below this many KB of vectors under a filter, a search 
 # int8 per dimension between the 0.99 quantile's bounds: the rare outlying values are clipped
 # rather than stretching the scale of all the others.
 INT8_QUANTILE = 0.99
-# A search that is wider than its vector's own (a photo search with words: words mixed into a photo
-# vector lie far from every photo, engine.signals.photo_breadth) also rescores more int8
-# candidates: at a million products the photo + words search found 0.940 of its exact top 10 at
-# oversampling 2, while 0.995 of what it found was within 1 % of the 10th: near ties that the
-# int8 copies order wrongly, which a wider rescoring puts right.
-WIDE_OVERSAMPLING = 2.0
 
 
 def graphed(vector: str) -> bool:
@@ -43,20 +37,14 @@ class Indexing:
 
     int8: bool = True  # graphed vectors searched on int8 copies kept in memory, then rescored
     oversampling: float = 2.0  # candidates found on the int8 copies per result wanted
-    segment_products: int = 250_000  # embedded store: graphs built for each this many products written
+    segment_products: int = 100_000  # embedded store: graphs built for each this many products written
     # A segment whose vectors (the biggest kind's) take less is searched exactly, without a graph:
     # Qdrant's default, where a graph starts to pay.
     indexing_threshold_kb: int = 10_000
-    search_threads: int = 2  # embedded store: threads sharing one query's searches
 
     @classmethod
     def of(cls, settings: StoreSettings) -> Indexing:
-        return cls(settings.quantization == "int8", settings.oversampling, settings.segment_products,
-                   search_threads=settings.search_threads)
-
-    def oversampling_for(self, breadth: int) -> float:
-        """Int8 candidates rescored per result wanted, for a search ``breadth`` times its vector's own."""
-        return self.oversampling * (WIDE_OVERSAMPLING if breadth > 1 else 1.0)
+        return cls(settings.quantization == "int8", settings.oversampling, settings.segment_products)
 
     def quantized(self, vector: str) -> bool:
         """Whether the named vector has int8 copies: the graphed ones, when quantisation is on."""

@@ -78,6 +78,7 @@ class ServerStore(VectorStore):
         self.indexing = indexing = indexing or Indexing()
         # As in the embedded store (engine.store.edge): searches of the int8 copies are rescored
         # with the original vectors, scores of given candidates read the originals.
+        self._rescored = qm.QuantizationSearchParams(rescore=True, oversampling=indexing.oversampling)
         self._exact = qm.QuantizationSearchParams(ignore=True)
         # How a new collection is spread over a cluster: Qdrant places the shards and their
         # replicas on its nodes and routes every request (None: the server's defaults).
@@ -170,11 +171,6 @@ class ServerStore(VectorStore):
                                                               *vectors_of(record.vector, self.layout))
         return out
 
-    def _rescored(self, breadth: int = 1):
-        """Search the int8 copies, rescore the best candidates with the original vectors (Qdrant
-        ignores it for a vector without copies), wider for a wider search (engine.store.indexing)."""
-        return qm.QuantizationSearchParams(rescore=True, oversampling=self.indexing.oversampling_for(breadth))
-
     def query(self, vector, using, filters, limit, with_vectors=False, breadth=1) -> list[Hit]:
         query_vector = vector.astype(np.float32).tolist()
         if using in (IMAGE_VECTOR, LOOK_VECTOR):
@@ -182,7 +178,7 @@ class ServerStore(VectorStore):
         response = self.client.query_points(
             self.collection, query=query_vector, using=self.layout.name(using), query_filter=_filter(filters),
             limit=limit, with_payload=True, with_vectors=self.layout.names(with_vectors),
-            search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth), quantization=self._rescored(breadth)),
+            search_params=qm.SearchParams(hnsw_ef=self.ef_for(using, limit, breadth), quantization=self._rescored),
         )
         return _hits(response, self.layout)
 
@@ -194,7 +190,7 @@ class ServerStore(VectorStore):
                                     limit=q.limit or limit,
                                     with_payload=False, with_vector=False,
                                     params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth),
-                                                           quantization=self._rescored(q.breadth)))
+                                                           quantization=self._rescored))
                     for q in queries]
         answers = self.client.query_batch_points(self.collection, requests=requests)
         return [[(p.id, p.score) for p in answer.points] for answer in answers]
