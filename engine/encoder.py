@@ -106,6 +106,36 @@ class Encoder:
         self._chunked(images, encode)
         return joint, look
 
+    def encode_catalog_photos(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_photos`` for a shop's own photos (ingest): where the model names catalog views
+        (``engine.catalog_views``: the product heaped, or lined up on a shelf), each photo's
+        appearance vector is the direction of its own plus ``weight`` times its views' mean, so a
+        shopper's photo of a crate of apples finds the studio apple more often (docs/quality.md).
+        """
+        joint, look = self.encode_photos(images)
+        views = getattr(self.model, "catalog_views", None)
+        if not views or not len(images):
+            return joint, look
+        from engine.catalog_views import catalog_views
+
+        count, weight = int(views["count"]), float(views["weight"])
+        made = [view for image in images for view in catalog_views(image, count)]
+        view_looks = self._looks(made).reshape(len(images), count, -1)
+        blended = look + weight * view_looks.mean(axis=1)
+        return joint, (blended / np.linalg.norm(blended, axis=1, keepdims=True)).astype(np.float32)
+
+    def _looks(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Appearance vectors alone: through the look tower only, where the model has one."""
+        if getattr(self.model, "look_trunk", None) is None:
+            return self.encode_photos(images)[1]
+        out = np.zeros((len(images), self.info.look_dim), dtype=np.float32)
+
+        def encode(start: int, chunk: Sequence[Image.Image]) -> None:
+            out[start : start + len(chunk)] = self._look_chunk(chunk, None)
+
+        self._chunked(images, encode)
+        return out
+
     def encode_query_photo(self, regions: Sequence[Image.Image], joint_regions: int) -> tuple[np.ndarray, np.ndarray]:
         """A query photo's search regions (``engine.regions``): joint-space vectors of the first
         ``joint_regions`` of them, appearance vectors of all.

@@ -93,6 +93,8 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
     _load_efficientnet_trunk(model.visual.trunk, config["image_tower_weights"])
     if "look_tower" in config:
         model.look_trunk, model.look_preprocess = build_look_trunk(config["look_tower"], config)
+        # Views of each catalog photo counted into its appearance vector at ingest (engine.catalog_views).
+        model.catalog_views = config["look_tower"].get("catalog_views")
 
     metadata: dict = {}
     if heads_path is not None:

@@ -336,7 +336,7 @@ def _encode(ready, encoder: Encoder, timings: dict, loader: ImageLoader) -> list
         return []
     t = time.perf_counter()
     photos = [image for *_, images in ready for image, _ in images]
-    photo_vectors, look_vectors = encoder.encode_photos(photos)
+    photo_vectors, look_vectors = encoder.encode_catalog_photos(photos)
     titles = [row.title for row, *_ in ready]
     title_vectors = encoder.encode_texts(titles)
     sentence_vectors = encoder.encode_sentences(titles)

@@ -101,17 +101,17 @@ def test_photos_get_appearance_vectors_from_the_look_trunk_alone(encoder):
 
 
 def test_a_store_made_by_the_previous_version_of_the_default_model_is_refused(tmp_path, encoder):
-    """Version 2's appearance vectors came from another trunk (Lite0): a store of them is refused
-    with what to do, not searched with the new trunk's vectors."""
+    """Version 3's catalog appearance vectors were made without the catalog views (version 4's):
+    a store of them is refused with what to do, not searched beside the new ones."""
     from engine.errors import StoreModelMismatch
     from engine.model_info import ModelInfo
     from engine.settings import StoreSettings
     from engine.store import open_store
 
-    assert encoder.info.version.startswith("3-")
+    assert encoder.info.version.startswith("4-")
     settings = StoreSettings(path=tmp_path / "store")
-    previous = ModelInfo(encoder.info.name, "2-0aa18c7e55", encoder.info.dim, 1280)
+    previous = ModelInfo(encoder.info.name, "3-871467ed04", encoder.info.dim, 1280)
     with open_store(settings, previous):
         pass
-    with pytest.raises(StoreModelMismatch, match=r"snapshop-lit-fashion@2-0aa18c7e55.*re-index"):
+    with pytest.raises(StoreModelMismatch, match=r"snapshop-lit-fashion@3-871467ed04.*re-index"):
         open_store(settings, encoder.info)
