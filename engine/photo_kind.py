@@ -18,6 +18,12 @@ from engine.store.base import IMAGE_VECTOR, LOOK_VECTOR, SearchFilters, VectorQu
 # their cosine similarities at this temperature).
 NEIGHBOURS = 10
 VOTE_TEMPERATURE = 0.1
+# Once the search has ranked a photo's products (appearance, geometric verification, the vote
+# above), its best few vote again, by fused score: on the grocery shopper photos' tune half
+# (eval/photo_study.split) the predicted category is right for 0.613 against 0.539 by the
+# appearance neighbours' vote; 1 to 20 voters and temperatures 0.003 to 0.01 tie there.
+RANKED_VOTERS = 5
+RANKED_TEMPERATURE = 0.01
 
 
 @dataclass(frozen=True)
@@ -55,15 +61,26 @@ def photo_kind(store: VectorStore, photo: np.ndarray, look: np.ndarray | None,
     query = VectorQuery(LOOK_VECTOR, look) if look is not None else VectorQuery(IMAGE_VECTOR, photo)
     (hits,) = store.search_many([query], filters, neighbours)
     records = store.records([key for key, _ in hits], ["category"]) if hits else {}
-    found = [(score, records[key].payload) for key, score in hits if key in records]
+    found = [(score, records[key].payload.get("category")) for key, score in hits if key in records]
+    return vote(found, temperature)
+
+
+def ranked_kind(ranked: list[tuple[float, str | None]], voters: int = RANKED_VOTERS,
+                temperature: float = RANKED_TEMPERATURE) -> PhotoKind:
+    """The kind of product a photo shows, from its search's best ``voters`` products
+    ((fused score, category), best first): the ranking holds more evidence than appearance alone."""
+    return vote(ranked[:voters], temperature)
+
+
+def vote(found: list[tuple[float, str | None]], temperature: float) -> PhotoKind:
+    """Each product's category gets its softmax share of the (score, category) pairs' scores."""
     if not found:
         return PhotoKind({})
     scores = np.array([score for score, _ in found], dtype=np.float64)
     weights = np.exp((scores - scores.max()) / temperature)
     weights /= weights.sum()
     categories: dict[str, float] = {}
-    for (_, payload), weight in zip(found, weights):
-        if payload.get("category"):
-            name = str(payload["category"])
-            categories[name] = categories.get(name, 0.0) + float(weight)
+    for (_, category), weight in zip(found, weights):
+        if category:
+            categories[str(category)] = categories.get(str(category), 0.0) + float(weight)
     return PhotoKind(categories)

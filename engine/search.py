@@ -21,7 +21,7 @@ from engine.encoder import Encoder
 from engine.errors import InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
 from engine.local_features import LocalFeatures, extract_beside
-from engine.photo_kind import photo_kind
+from engine.photo_kind import RANKED_VOTERS, photo_kind, ranked_kind
 from engine.products import payload_of
 from engine.ranking import VERIFIED_MATCH, fuse, fused_scores, softmax, squash
 from engine.regions import JOINT_REGIONS, WHOLE, Region, search_regions
@@ -227,6 +227,10 @@ class Searcher:
         keys, scores = self._gather(plan, filters, clock, prepared)
         with clock.stage("rank"):
             ranked = self._rank(keys, scores, prepared, plan, category_probs, rules, clock)
+            if prepared.kind is not None and len(ranked.keys):
+                # The rules above read the neighbours' vote, known before ranking; what the
+                # response says the photo shows is the ranking's own vote (engine.photo_kind).
+                predicted = ranked_kind(self._ranked_categories(ranked)).predicted or predicted
             listed = page.listed(ranked.fused)
             if page.grouped:
                 listed = one_per_family(listed, ranked.payloads(listed))
@@ -568,6 +572,12 @@ class Searcher:
         words = [plan.score[name] for name in ("text", "bm25", "image") if name in plan.score]
         words.append(VectorQuery(IMAGE_VECTOR, q.text_joint, breadth=photo_breadth(True)))
         return self.store.search_many(words, filters.but(categories=likely), plan.limit)
+
+    @staticmethod
+    def _ranked_categories(ranked: _Ranked) -> list[tuple[float, str | None]]:
+        """(fused score, category) of the ranking's best products, best first."""
+        voters = range(min(len(ranked.keys), RANKED_VOTERS))
+        return [(float(ranked.fused[i]), payload.get("category")) for i, payload in zip(voters, ranked.payloads(list(voters)))]
 
     def _category_probs(self, q: PreparedQuery) -> tuple[dict[str, float], str | None]:
         """The query photo's category from its nearest catalog photos; without a photo, zero-shot."""
