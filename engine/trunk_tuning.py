@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from engine.joint_look import pooled
 from engine.trunk_top import lower_features
 
 # Views of one catalog photo a training epoch picks from: the photo, its mirror image and two
@@ -51,20 +52,28 @@ def _random_crop(photo: Image.Image, rng: random.Random, mirror: bool) -> Image.
 
 def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: Sequence,
                           load: Callable[..., Image.Image | None], depth: int, views: int, seed: int, desc: str,
-                          progress: bool, device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[int]]:
+                          progress: bool, device: torch.device | str = "cpu",
+                          look: tuple[torch.nn.Module, Callable] | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
     """The trunk's feature map below its last ``depth`` blocks for ``views`` views of each photo,
-    shape (views, n, C, H, W) in fp16 (below Lite0's last block: 192 x 7 x 7, 19 KB a view),
-    and the indices of the photos it holds: ``load`` returns None for a photo it cannot read."""
+    shape (views, n, C, H, W) in fp16 (below Lite0's last block: 192 x 7 x 7, 19 KB a view); the
+    ``look`` tower's (trunk, preprocess) average-pooled features of the same views, (views, n,
+    width) in fp16, when given (``engine.joint_look``); and the indices of the photos they hold:
+    ``load`` returns None for a photo it cannot read."""
     rng = random.Random(seed)
     seeds = [rng.randrange(1 << 30) for _ in photos]
 
-    def prepare(i: int) -> list[torch.Tensor] | None:
+    def prepare(i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
         photo = load(photos[i])
         if photo is None:
             return None
-        return [preprocess(view) for view in photo_views(photo, views, random.Random(seeds[i]))]
+        shown = photo_views(photo, views, random.Random(seeds[i]))
+        return [preprocess(view) for view in shown], [look[1](view) for view in shown] if look else []
 
-    out, kept = [], []
+    def batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
+
+    out, looks, kept = [], [], []
     trunk = trunk.eval()
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         for start in tqdm(range(0, len(photos), 32), desc=desc, unit="batch", disable=not progress):
@@ -73,13 +82,14 @@ def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: 
             if not prepared:
                 continue
             kept.extend(i for i, _ in prepared)
-            pixels = torch.stack([view for _, product in prepared for view in product])
-            pixels = pixels.to(device).contiguous(memory_format=torch.channels_last)
-            lower = lower_features(trunk, pixels, depth).half().cpu()
+            lower = lower_features(trunk, batch([v for _, (mine, _) in prepared for v in mine]), depth).half().cpu()
             out.append(lower.reshape(len(prepared), views, *lower.shape[1:]).transpose(0, 1))
+            if look is not None:
+                features = pooled(look[0].eval().forward_features(batch([v for _, (_, its) in prepared for v in its])))
+                looks.append(features.half().cpu().reshape(len(prepared), views, -1).transpose(0, 1))
     if not out:
-        return torch.zeros((views, 0, 1, 1, 1), dtype=torch.float16), kept
-    return torch.cat(out, dim=1).contiguous(), kept
+        return torch.zeros((views, 0, 1, 1, 1), dtype=torch.float16), None, kept
+    return torch.cat(out, dim=1).contiguous(), torch.cat(looks, dim=1).contiguous() if looks else None, kept
 
 
 def category_batches(order: torch.Tensor, categories: Sequence[str | None], batch_size: int, run: int,

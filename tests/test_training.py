@@ -1,5 +1,6 @@
 """`snapshop train` on a small sample: it learns, reports on validation, and its heads load."""
 
+import numpy as np
 import torch
 
 from engine.images import load_image_file
@@ -35,8 +36,10 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
     # The trunk's last block and head convolution are trained with the heads; nothing else is.
     assert tuned and all(name.startswith(("visual.trunk.blocks.6.", "visual.trunk.conv_head", "visual.trunk.bn2"))
                          for name in tuned)
-    assert all(name.startswith(("visual.head", "text.proj", "logit_scale", "visual.trunk."))
+    assert all(name.startswith(("visual.head", "text.proj", "logit_scale", "visual.trunk.", "look_proj"))
                for name in checkpoint["state_dict"])
+    # The look tower's pooled features are the joint photo vector's second input (engine.joint_look).
+    assert checkpoint["state_dict"]["look_proj.weight"].shape == (256, 1280) and checkpoint["metadata"]["joint_look"]
     look = checkpoint["metadata"]["look_head"]  # the appearance head is trained too, on the same split
     assert look["report"]["val_products"] == 16 and {"r1", "r5"} <= set(look["report"]["after"])
     encoder = load_encoder(ModelSettings(weights=out))
@@ -44,6 +47,40 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
     assert isinstance(encoder.model.look_head, LookHead) and encoder.info.look_dim == look["dim"] == 1280
     shipped = load_encoder(ModelSettings())
     assert encoder.info.version != shipped.info.version  # other heads, another model version
+
+
+def test_snapshop_train_reads_both_trunks_and_keeps_a_given_appearance_head(tmp_path, fashion_frame):
+    """The one command of a new model version, heads only: the joint photo vector learns from the
+    image tower and the look tower side by side (engine.joint_look), and ``--look-from`` carries
+    the shipped appearance head over unchanged, so appearance vectors stay what they were."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, write_catalog
+
+    rows = pick_products(fashion_frame, 6, ["Shirts", "Watches", "Handbags", "Jeans", "Sunglasses", "Flip Flops"])
+    catalog = write_catalog(rows, tmp_path)
+    shipped = resolve_model("snapshop-lit-fashion").weights_path
+    out = tmp_path / "heads.pt"
+    result = subprocess.run([sys.executable, "-m", "snapshop", "train", "--catalog", str(catalog), "--out", str(out),
+                             "--epochs", "3", "--look-from", str(shipped)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "trained on 27 products, validated on 9" in result.stdout
+    checkpoint, source = torch.load(out, weights_only=True), torch.load(shipped, weights_only=True)
+    assert not any(name.startswith("visual.trunk.") for name in checkpoint["state_dict"])  # heads only
+    assert checkpoint["state_dict"]["look_proj.weight"].shape == (256, 1280)
+    for name, tensor in source["look_head"].items():
+        torch.testing.assert_close(checkpoint["look_head"][name], tensor)
+
+    encoder = load_encoder(ModelSettings(weights=out))
+    photos = [load_image_file(FASHION / image) for image in rows.image[:3]]
+    joint, look = encoder.encode_photos(photos)
+    _, shipped_look = load_encoder(ModelSettings()).encode_photos(photos)
+    np.testing.assert_allclose(look, shipped_look, atol=1e-4)
+    np.testing.assert_allclose(encoder.encode_images(photos), joint, atol=1e-4)
+    encoder.model.look_proj.weight.data.zero_()  # without the look tower's part the vectors move
+    assert np.abs(encoder.encode_photos(photos)[0] - joint).max() > 1e-3
 
 
 def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path, fashion_frame):
