@@ -140,29 +140,40 @@ class Encoder:
         self._chunked(images, encode)
         return out
 
-    def encode_query_photo(self, regions: Sequence[Image.Image], joint_regions: int) -> tuple[np.ndarray, np.ndarray]:
-        """A query photo's search regions (``engine.regions``): joint-space vectors of the first
-        ``joint_regions`` of them, appearance vectors of all.
+    def encode_query_photo(self, joint_regions: Sequence[Image.Image],
+                           look_regions: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """A query photo's search regions (``engine.regions``): joint-space vectors of
+        ``joint_regions``, appearance vectors of ``look_regions``.
 
-        With a look tower of its own (version 3), the two trunks run side by side on a CPU with two
-        or more threads, one core each, the joint trunk on the regions asked for only
-        (``engine.regions.JOINT_REGIONS`` weighs what fewer cost in quality). A model whose one
-        trunk makes both vectors gets every region's joint vector for free.
+        With a look tower of its own (version 3 on), the two trunks run side by side on a CPU with
+        two or more threads, one core each, each on its own regions. A model whose one trunk makes
+        both vectors encodes the regions of both once.
         """
         trunk = getattr(getattr(self.model, "visual", None), "trunk", None)
         if getattr(self.model, "look_trunk", None) is None or not hasattr(trunk, "forward_features"):
-            return self.encode_photos(regions)
-        joint_part = list(regions[:joint_regions])
+            # A region in both lists is encoded once (images compare by content: keyed by identity).
+            unique = list({id(image): image for image in [*joint_regions, *look_regions]}.values())
+            row = {id(image): i for i, image in enumerate(unique)}
+            joint, look = self.encode_photos(unique)
+            return joint[[row[id(i)] for i in joint_regions]], look[[row[id(i)] for i in look_regions]]
+        joint_regions, look_regions = list(joint_regions), list(look_regions)
+        # Where the joint vector has a look-tower part (engine.joint_look), the look tower reads the
+        # joint regions too.
+        look_in = look_regions if look_projection(self.model) is None else list(
+            {id(image): image for image in [*look_regions, *joint_regions]}.values())
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
         if workers > 1:
             pool = self._photo_pool(workers)
-            joint_done = pool.submit(self._joint_chunk, trunk, joint_part)
-            look_done = pool.submit(self._look_chunk, regions, None)
-            (image_part, _), (look, look_part) = joint_done.result(), look_done.result()
+            joint_done = pool.submit(self._joint_chunk, trunk, joint_regions)
+            look_done = pool.submit(self._look_chunk, look_in, None)
+            (image_part, _), (looks, look_part) = joint_done.result(), look_done.result()
         else:
             with self._threads_for(1):
-                (image_part, _), (look, look_part) = self._joint_chunk(trunk, joint_part), self._look_chunk(regions, None)
-        return self._joint(image_part, look_part[: len(joint_part)] if look_part is not None else None), look
+                (image_part, _), (looks, look_part) = self._joint_chunk(trunk, joint_regions), self._look_chunk(look_in, None)
+        row = {id(image): i for i, image in enumerate(look_in)}
+        if look_part is not None:
+            look_part = look_part[[row[id(image)] for image in joint_regions]]
+        return self._joint(image_part, look_part), looks[[row[id(image)] for image in look_regions]]
 
     @torch.inference_mode()
     def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from engine.local_features import LocalFeatures, extract_beside
 from engine.photo_kind import RANKED_VOTERS, photo_kind, ranked_kind
 from engine.products import payload_of
 from engine.ranking import VERIFIED_MATCH, fuse, fused_scores, softmax, squash
-from engine.regions import JOINT_REGIONS, WHOLE, Region, search_regions
+from engine.regions import JOINT_REGIONS, LOOK_REGIONS, WHOLE, Region, pick, search_regions
 from engine.rules import Merchandising, Rule, adjust, expand, pin, rule_fields
 from engine.settings import SearchSettings
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction, photo_breadth
@@ -303,12 +303,13 @@ class Searcher:
 
     def encode_photo(self, image: Image.Image, crop: Region | None = None, verify: bool = True,
                      clock: StageClock | None = None) -> EncodedPhoto:
-        """A shopper's photo as query vectors: the appearance vector is the mean direction of its
-        search regions' (``engine.regions``; a mean of unit vectors scores each product by its mean
-        cosine to the regions), the joint-space vector that of the first ``JOINT_REGIONS``; and
-        the local features of the box searched, when the store keeps products' local features and
-        ``verify``. The local features are made beside the trunks' passes (``verify`` stage: their
-        own time, within the ``encode`` stage's wall time)."""
+        """A shopper's photo as query vectors: the appearance vector is the mean direction of the
+        vectors of its search regions at ``LOOK_REGIONS`` (``engine.regions``; a mean of unit
+        vectors scores each product by its mean cosine to the regions), the joint-space vector that
+        of the regions at ``JOINT_REGIONS``; and the local features of the whole photo (the box),
+        when the store keeps products' local features and ``verify``. The local features are made
+        beside the trunks' passes (``verify`` stage: their own time, within the ``encode`` stage's
+        wall time)."""
         clock = clock or StageClock()
         with clock.stage("crops"):
             regions = search_regions(crop)
@@ -316,7 +317,7 @@ class Searcher:
         verifying = verify and self.settings.verify_top > 0 and getattr(self.store, "local_features", False)
         pending = extract_beside(cuts[0]) if verifying else None
         with clock.stage("encode"):
-            joint, looks = self.encoder.encode_query_photo(cuts, JOINT_REGIONS)
+            joint, looks = self.encoder.encode_query_photo(pick(cuts, JOINT_REGIONS), pick(cuts, LOOK_REGIONS))
             local, seconds = pending.result() if pending is not None else (None, 0.0)
         if pending is not None:
             clock.add("verify", seconds)

@@ -177,12 +177,12 @@ def test_the_whole_photo_and_centred_crops_are_searched_without_a_box():
     assert search_regions(Region(0.1, 0.1, 0.3, 0.3)) == [Region(0.1, 0.1, 0.3, 0.3)]
 
 
-def test_a_query_photo_is_its_regions_looks_the_whole_photos_joint_vector_and_its_local_features(grocery):
+def test_a_query_photo_is_its_regions_vectors_and_the_whole_photos_local_features(grocery):
     """What ``encode_photo`` hands the ranker, however it spreads the work over threads: the
-    appearance vector of all regions, the joint-space vector of the first ``JOINT_REGIONS`` (from
-    the whole photo; the box, with one), the SIFT features of the whole photo (the box), and the
-    time of each stage."""
-    from engine.regions import JOINT_REGIONS, search_regions
+    appearance vector of the regions at ``LOOK_REGIONS``, the joint-space vector of those at
+    ``JOINT_REGIONS`` (with a box: the box alone), the SIFT features of the whole photo (the box),
+    and the time of each stage."""
+    from engine.regions import JOINT_REGIONS, LOOK_REGIONS, search_regions
     from engine.signals import mean_direction
     from engine.timing import StageClock
 
@@ -191,9 +191,10 @@ def test_a_query_photo_is_its_regions_looks_the_whole_photos_joint_vector_and_it
         clock = StageClock()
         encoded = grocery.encode_photo(photo, crop, clock=clock)
         cuts = [region.cut(photo) for region in search_regions(crop)]
-        joint, looks = grocery.encoder.encode_photos(cuts)
-        assert float(encoded.joint @ mean_direction(joint[:JOINT_REGIONS])) > 0.9999
-        assert float(encoded.look @ mean_direction(looks)) > 0.9999
+        joint, look = grocery.encoder.encode_photos(cuts)
+        joints, looks = (list(JOINT_REGIONS), list(LOOK_REGIONS)) if crop is None else ([0], [0])
+        assert float(encoded.joint @ mean_direction(joint[joints])) > 0.9999
+        assert float(encoded.look @ mean_direction(look[looks])) > 0.9999
         expected = extract_local_features(cuts[0])
         assert np.array_equal(encoded.local.descriptors, expected.descriptors)
         assert {"crops", "encode", "verify"} <= set(clock.seconds)
