@@ -198,3 +198,27 @@ def test_a_query_photo_is_its_regions_vectors_and_the_whole_photos_local_feature
         expected = extract_local_features(cuts[0])
         assert np.array_equal(encoded.local.descriptors, expected.descriptors)
         assert {"crops", "encode", "verify"} <= set(clock.seconds)
+
+
+def test_a_joint_vector_with_a_look_tower_part_reads_the_look_tower_on_the_joint_regions(encoder):
+    """A model whose joint photo vector adds the look tower's part (engine.joint_look): a query's
+    joint vectors are those of its joint regions, though the look tower's own vectors are of
+    other regions."""
+    import torch
+
+    from engine.joint_look import LOOK_PROJ
+    from engine.regions import search_regions
+
+    photo = shelf_shot(catalog_photo(PACKET), (480, 640), (100, 200, 240))
+    cuts = [region.cut(photo) for region in search_regions(None)]
+    projection = torch.nn.Linear(encoder.info.look_dim, encoder.info.dim, bias=False)
+    torch.nn.init.normal_(projection.weight, std=0.05)
+    setattr(encoder.model, LOOK_PROJ, projection.eval())
+    try:
+        joint, look = encoder.encode_photos(cuts)
+        query_joint, query_look = encoder.encode_query_photo(cuts, cuts[1:])
+    finally:
+        delattr(encoder.model, LOOK_PROJ)
+    np.testing.assert_allclose(query_joint, joint, atol=1e-4)
+    np.testing.assert_allclose(query_look, look[1:], atol=1e-4)
+    assert np.abs(joint - encoder.encode_photos(cuts)[0]).max() > 1e-3  # the part counted
