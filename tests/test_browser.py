@@ -106,7 +106,10 @@ def test_a_shopper_finds_a_product_by_photo_and_narrows_by_price(server, page, s
     photo = shop / "images" / Path(product["image"]).name
     search_and_wait(page, lambda: page.set_input_files("#photo-input", str(photo)))
     assert page.locator(f'#results .card[data-id="{product["id"]}"]').is_visible()
-    assert page.locator("#results .card img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+    # The photo arrives after the card is drawn (a loaded machine took longer than the assert did):
+    # wait for it to load, and fail if it never does (a broken image keeps naturalWidth 0).
+    first_photo = page.locator("#results .card img").first.element_handle()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_photo)
     page.screenshot(path=str(ARTIFACTS / "shopper-photo-search.png"), full_page=True)
 
     low, high = 20.0, 60.0
