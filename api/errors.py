@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from engine.errors import (
     AnalyticsOff,
+    CalibrationError,
     CatalogError,
     CatalogRowError,
     DecodeBusy,
@@ -54,6 +55,7 @@ STATUS_OF: list[tuple[type[SnapshopError], int]] = [
     (StoreError, status.HTTP_503_SERVICE_UNAVAILABLE),
     (UnknownModel, status.HTTP_503_SERVICE_UNAVAILABLE),
     (ModelWeightsMissing, status.HTTP_503_SERVICE_UNAVAILABLE),
+    (CalibrationError, status.HTTP_503_SERVICE_UNAVAILABLE),
 ]
 
 

@@ -63,6 +63,10 @@ class StoreModelMismatch(StoreError):
     """A store whose vectors were made by another model than the one loaded."""
 
 
+class CalibrationError(SnapshopError):
+    """A shopper-photo centre (engine.shopper_centre) that cannot be made, read or used with the loaded model."""
+
+
 class ProductNotFound(SnapshopError):
     """A product id that is not in the store."""
 

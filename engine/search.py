@@ -18,7 +18,7 @@ from PIL import Image
 
 from engine.attributes import attribute_filters, facet_counts, payload_key
 from engine.encoder import Encoder
-from engine.errors import InvalidQuery, ProductNotFound
+from engine.errors import CalibrationError, InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
 from engine.local_features import LocalFeatures, extract_beside
 from engine.photo_kind import RANKED_VOTERS, photo_kind, ranked_kind
@@ -27,6 +27,7 @@ from engine.ranking import VERIFIED_MATCH, fuse, fused_scores, softmax, squash
 from engine.regions import JOINT_REGIONS, LOOK_REGIONS, WHOLE, Region, pick, search_regions
 from engine.rules import Merchandising, Rule, adjust, expand, pin, rule_fields
 from engine.settings import SearchSettings
+from engine.shopper_centre import ShopperCentre
 from engine.signals import SIGNALS, Candidates, PreparedQuery, SignalRegistry, mean_direction, photo_breadth
 from engine.sorting import SORT_FIELDS, Sort, sorted_order
 from engine.stock import AVAILABILITY, STOCK, OutOfStock, in_stock
@@ -200,12 +201,21 @@ class Searcher:
         self._attributes: tuple[int, dict[str, str]] | None = None
         self._lock = threading.Lock()
         self.merchandising = Merchandising.model_validate(store.read_rules() or {})
+        self.shopper_centre = (ShopperCentre.load(settings.shopper_centre, encoder.info)
+                               if settings.shopper_centre is not None else None)
 
     # --- public -----------------------------------------------------------------------------
     def set_merchandising(self, merchandising: Merchandising) -> None:
         """Keep new rules and synonyms with the products, and search with them from now on."""
         self.store.write_rules(merchandising.model_dump(mode="json"))
         self.merchandising = merchandising
+
+    def use_shopper_centre(self, centre: ShopperCentre | None) -> None:
+        """Centre photo queries' appearance vectors on ``centre`` from now on (None: not at all)."""
+        if centre is not None and centre.vector.shape != (self.encoder.info.look_dim,):
+            raise CalibrationError(f"a shopper-photo centre of {centre.vector.shape} numbers does not fit "
+                                   f"appearance vectors of {self.encoder.info.look_dim}")
+        self.shopper_centre = centre
 
     def search(self, query: SearchQuery) -> SearchResponse:
         """A page of products for ``query``: prepare it, plan its searches, gather candidates, score
@@ -271,6 +281,8 @@ class Searcher:
             verify = text is None and getattr(weights, "match", 0.0) > 0
             encoded = self.encode_photo(query.image, query.crop, verify=verify, clock=clock)
         photo, look = (encoded.joint, encoded.look) if encoded is not None else (None, None)
+        if look is not None and self.shopper_centre is not None:  # what every shop photo shares, out
+            look = self.shopper_centre.centred(look)
         # Geometric verification is of a photo alone: words ask for something else than it shows.
         local = encoded.local if encoded is not None and text_joint is None else None
         # What the photo shows, from its nearest catalog photos: the category signal's vote.

@@ -19,9 +19,12 @@ from engine.encoder import Encoder
 from engine.images import load_image_file
 from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, SearchSettings, StoreSettings
+from engine.errors import CalibrationError
+from engine.shopper_centre import MIN_PHOTOS, ShopperCentre
 from engine.signals import SIGNALS
 from engine.store import open_store
 from engine.training import split_validation
+from eval.halves import halves
 from eval.metrics import first_relevant_ranks, mrr, ndcg_at, recall_at
 from eval.query_sets import (
     FOR_WHOM,
@@ -45,9 +48,11 @@ PHOTO_CONFIGS = {"image": ALONE["image"], "look": ALONE["look"], "caption": ALON
 def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = None, split: str = "all",
              limit_products: int | None = None, limit_queries: int = 500, search: SearchSettings = SearchSettings(),
              progress: bool = True, seed: int = 0, only: set[str] | None = None,
-             store_path: Path | None = None) -> dict:
+             store_path: Path | None = None, centre_halves: bool = False) -> dict:
     """``only`` names the query sets to run (all when None); ``store_path`` reuses a store ingested
-    by an earlier run of the same catalog and split (ingest skips what is already there)."""
+    by an earlier run of the same catalog and split (ingest skips what is already there);
+    ``centre_halves`` searches each half of the real shopper photos with the shopper-photo centre
+    (engine.shopper_centre) of the other half's photos, as a shop calibrated on earlier photos."""
     catalog = read_catalog(catalog_path)
     rows = catalog.rows
     if split != "all":
@@ -91,7 +96,10 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
                                augmented_photo_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)))
         for name, photos in photo_sets:
             if photos:
-                sets[name], predicted = _photo_set(searcher, photos, progress, departments)
+                centred = centre_halves and name == "shopper_photos"
+                sets[name], predicted = _photo_set(searcher, photos, progress, departments, centred)
+                if centred:
+                    report["shopper_centre"] = "each half of the shopper photos centred on the other half's mean"
                 report.setdefault("category_accuracy", {})[name] = round(float(np.mean(
                     [guess == category.get(q.product_id) for q, guess in zip(photos, predicted)])), 4)
         if "shopper_photos" in sets and "shopper_like_photos" in sets:
@@ -135,23 +143,29 @@ def _composed_set(searcher: Searcher, queries, progress: bool) -> dict:
     return out
 
 
-def _photo_set(searcher: Searcher, photos, progress: bool,
-               departments: dict[str, str]) -> tuple[dict, list[str | None]]:
+def _photo_set(searcher: Searcher, photos, progress: bool, departments: dict[str, str],
+               centre_halves: bool = False) -> tuple[dict, list[str | None]]:
     """Each signal alone and fused, per department too when the catalog names them; and the
-    category the fused search predicted for each photo."""
+    category the fused search predicted for each photo. With ``centre_halves``, each half of the
+    photos is searched with the shopper-photo centre of the other half (no labels read)."""
     out, predicted = {}, []
     encoded = []  # each photo is encoded once and searched once per signal
     for query in tqdm(photos, desc="encode photos", disable=not progress, leave=False):
         encoded.append(searcher.encode_photo(query.image))
+    centres = _cross_centres(searcher, encoded, photos) if centre_halves else [searcher.shopper_centre] * len(photos)
+    kept = searcher.shopper_centre
     for name, weights in PHOTO_CONFIGS.items():
         rankings, latencies = [], []
-        for vectors in tqdm(encoded, desc=f"photos {name}", disable=not progress, leave=False):
+        for vectors, centre in tqdm(list(zip(encoded, centres)), desc=f"photos {name}", disable=not progress,
+                                    leave=False):
+            searcher.use_shopper_centre(centre)
             started = time.perf_counter()
             response = searcher.search(SearchQuery(encoded_photo=vectors, k=max(KS), weights=weights))
             latencies.append(time.perf_counter() - started)
             rankings.append([r.product_id for r in response.results])
             if name == "fused":
                 predicted.append(response.predicted_category)
+        searcher.use_shopper_centre(kept)
         out[name] = _metrics(rankings, [{q.product_id: 1.0} for q in photos], latencies)
         groups = sorted({departments.get(q.product_id, "") for q in photos} - {""})
         if len(groups) > 1:
@@ -160,6 +174,22 @@ def _photo_set(searcher: Searcher, photos, progress: bool,
                                 [{q.product_id: 1.0} for q in photos if departments.get(q.product_id) == group], [])
                 for group in groups}
     return out, predicted
+
+
+def _cross_centres(searcher: Searcher, encoded, photos) -> list[ShopperCentre]:
+    """For each photo, the centre of the other half's photos' appearance vectors (eval.halves)."""
+    first, second = halves([q.product_id for q in photos])
+    looks = np.stack([vectors.look for vectors in encoded])
+    tag = searcher.encoder.info.tag
+    centres: list = [None] * len(photos)
+    if min(len(first), len(second)) < MIN_PHOTOS:
+        raise CalibrationError(f"centring each half on the other needs {MIN_PHOTOS} photos in each half; the "
+                               f"{len(photos)} shopper photos split into {len(first)} and {len(second)}")
+    for rows, other in ((first, second), (second, first)):
+        centre = ShopperCentre.of(looks[other], tag)
+        for row in rows:
+            centres[row] = centre
+    return centres
 
 
 def _metrics(rankings: list[list[str]], gains: list[dict], latencies: list[float]) -> dict:
@@ -184,6 +214,8 @@ def format_table(report: dict) -> str:
     for set_name, accuracy in report.get("category_accuracy", {}).items():
         lines.append(f"{set_name:<22} predicted category correct: {accuracy:.3f}")
     lines += _department_lines(report)
+    if "shopper_centre" in report:
+        lines.append(f"shopper_photos         appearance vectors: {report['shopper_centre']}")
     if "synthetic_vs_real" in report:
         gap = ", ".join(f"{signal} {value:+.3f}" for signal, value in report["synthetic_vs_real"].items())
         lines.append(f"synthetic-vs-real gap (shopper-like minus real photos, R@1): {gap}")

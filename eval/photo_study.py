@@ -28,6 +28,7 @@ from PIL import Image
 
 from engine.images import load_image_file
 from engine.local_features import LocalFeatures, extract_local_features, verify
+from eval.halves import halves
 from eval.query_sets import shopper_like
 
 TRUNKS = {  # timm architecture, packaged weights, input size
@@ -167,14 +168,8 @@ def with_match(scores: np.ndarray, inliers: np.ndarray, weight: float, floor: in
 
 
 def split(queries: pd.DataFrame, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two halves of the shopper photos, each product's photos dealt alternately."""
-    rng = np.random.default_rng(seed)
-    tune, report = [], []
-    for _, group in queries.groupby("product_id"):
-        idx = rng.permutation(group.index.to_numpy())
-        tune.extend(idx[::2])
-        report.extend(idx[1::2])
-    return np.array(sorted(tune)), np.array(sorted(report))
+    """Two halves of the shopper photos, each product's photos dealt alternately (eval.halves)."""
+    return halves(queries.product_id.tolist(), seed)
 
 
 def run(study: Study, configs: list[dict], sift: tuple[int, int]) -> list[dict]:

@@ -337,6 +337,51 @@ def main() -> None:
     _quiet_libraries()
 
 
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+@app.command()
+def calibrate(
+    photos: Annotated[list[Path], typer.Argument(
+        help="Shoppers' photos, or folders of them (every .jpg, .jpeg, .png, .webp inside): no labels needed.")],
+    out: Annotated[Path, typer.Option(help="Where to write the centre (.npz).")] = Path("var/shopper-centre.npz"),
+    store: StoreOpt = None,
+    qdrant_url: UrlOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Measure what this shop's shoppers' photos have in common (engine/shopper_centre.py); search with
+    SNAPSHOP_SEARCH__SHOPPER_CENTRE set to the file written."""
+    import numpy as np
+
+    from engine.errors import InvalidImage
+    from engine.images import load_image_file
+    from engine.model_loading import load_encoder
+    from engine.search import Searcher
+    from engine.shopper_centre import ShopperCentre
+    from engine.store import open_store
+
+    settings = build_settings(store, qdrant_url, model)
+    files = sorted({f for p in photos for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else [])
+                    if f.is_file() and (p.is_file() or f.suffix.lower() in PHOTO_SUFFIXES)})
+    missing = [str(p) for p in photos if not p.exists()]
+    if missing:
+        fail(f"no such photo or folder: {', '.join(missing)}")
+    encoder = load_encoder(settings.model)
+    looks, skipped = [], 0
+    with open_store(settings.store, encoder.info) as vector_store:
+        searcher = Searcher(encoder, vector_store, settings.search.model_copy(update={"shopper_centre": None}))
+        for path in files:
+            try:
+                looks.append(searcher.encode_photo(load_image_file(path), verify=False).look)
+            except InvalidImage as e:
+                skipped += 1
+                typer.echo(f"  skipped {path}: {e}", err=True)
+    centre = ShopperCentre.of(np.array(looks), encoder.info.tag)
+    centre.save(out)
+    typer.echo(f"centre of {centre.photos} shopper photos ({skipped} unreadable skipped) written to {out}; "
+               f"search with it: SNAPSHOP_SEARCH__SHOPPER_CENTRE={out}")
+
+
 @app.command("eval")
 def evaluate(
     catalog: Annotated[Path, typer.Option(help="Catalog to evaluate on (ingested into a fresh temporary store).")],
@@ -351,6 +396,9 @@ def evaluate(
         help="Comma-separated query sets to run: title_to_photo, describing, category, photo_plus_text, photo_for_whom, "
              "photos (all when omitted).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for eval.json and recall_at_k.png.")] = Path("var/eval"),
+    centre_halves: Annotated[bool, typer.Option(
+        help="Search each half of the real shopper photos (--queries) with the shopper-photo centre of the "
+             "other half's photos, as a shop calibrated on earlier photos (`snapshop calibrate`).")] = False,
     model: ModelOpt = None,
 ) -> None:
     """Recall@1/5/10, MRR and nDCG@10 per query set and per signal (image, text, BM25, fused)."""
@@ -363,7 +411,7 @@ def evaluate(
         fail(f"--split must be all, train or validation, not '{split}'")
     report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
                       settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
-                      only=set(only.split(",")) if only else None)
+                      only=set(only.split(",")) if only else None, centre_halves=centre_halves)
     typer.echo(format_table(report))
     paths = write_outputs(report, out)
     typer.echo(f"wrote {paths['json']} and {paths['plot']}")
