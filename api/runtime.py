@@ -22,6 +22,7 @@ from api.ratelimit import RateLimiter
 from engine.analytics.log import QueryLog
 from engine.encoder import Encoder
 from engine.errors import StoreUnavailable
+from engine.heap import settle_heap
 from engine.images import DecodeBudget
 from engine.model_loading import load_encoder
 from engine.products import Products
@@ -116,4 +117,5 @@ def _open_engine(settings: Settings, encoder: Encoder | None) -> tuple[Encoder, 
     # The store's files are read into memory behind the server's back: it answers at once, and
     # the first shoppers' searches stop paying for disk reads as soon as the reading is done.
     threading.Thread(target=store.warm, name="warm-store", daemon=True).start()
+    settle_heap()  # searches stop paying for full collections of what loading made (engine.heap)
     return encoder, store

@@ -152,3 +152,29 @@ def test_photo_searches_with_words_search_wider(shop, monkeypatch):
     # category) is the wider one.
     (wide,), (mixed,), (alone,) = breadths
     assert alone == max(store.hnsw_ef, 40) and wide == mixed == store.hnsw_ef * CROSS_MODAL_BREADTH > alone
+
+
+def test_a_query_runs_each_of_its_store_searches_once(shop, monkeypatch):
+    """Every search of the store is paid once per query: a photo's appearance search (its
+    category vote's neighbours) is also its gathering search, and a photo with words filtered to
+    the photo's own category does not search that category again for the same words."""
+    searcher, rows = shop
+    store, seen = searcher.store, []
+    real_search_many = store.search_many
+
+    def recording(queries, filters, limit):
+        seen.extend((q.using, q.breadth, q.limit or limit, filters,
+                     q.vector.tobytes() if q.vector is not None else repr(q.terms)) for q in queries)
+        return real_search_many(queries, filters, limit)
+
+    photo = load_image_file(FASHION / rows.iloc[0]["image"])
+    category = rows.iloc[0]["category"]
+    assert searcher.search(SearchQuery(image=photo, k=5)).predicted_category == category
+    monkeypatch.setattr(store, "search_many", recording)
+    in_category = SearchFilters(categories=(category,))
+    for query in (SearchQuery(image=photo, k=5), SearchQuery(image=photo, k=5, filters=in_category),
+                  SearchQuery(image=photo, text="in black", k=5, filters=in_category)):
+        seen.clear()
+        response = searcher.search(query)
+        assert response.results
+        assert len(seen) == len(set(seen)), [(using, breadth) for using, breadth, *_ in seen]

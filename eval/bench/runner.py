@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from engine.encoder import Encoder
+from engine.heap import settle_heap
 from engine.images import load_image_file
 from engine.model_loading import load_encoder
 from engine.search import Searcher
 from engine.settings import Settings, StoreSettings
 from engine.store import open_store
 from engine.store.base import LOCAL_VECTOR, SENTENCE_DIM
-from eval.bench.corpus import bulk_load, real_embeddings, replicate
+from eval.bench.corpus import bulk_load, real_embeddings, replicate, spill
 from eval.bench.encoding import bench_encoder
 from eval.bench.ingest import bench_ingest
 from eval.bench.machine import (
@@ -162,6 +163,8 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
     synthetic = replicate(real, size, config.noise, config.seed)
     copies = _copy_cosines(real, synthetic)
     folder = config.work_dir / f"store-{size}"
+    vectors = config.work_dir / f"vectors-{size}"
+    synthetic = spill(synthetic, vectors)
     # The store's settings as given (SNAPSHOP_STORE__*: quantisation, segments, hnsw_ef), in the bench's folder.
     store_settings = settings.store.model_copy(update={"path": folder, "url": None})
     try:
@@ -181,6 +184,7 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
             started = time.perf_counter()
             load["warm_bytes"] = store.warm()
             load["warm_s"] = round(time.perf_counter() - started, 2)
+            settle_heap()  # as the API does once it has loaded (engine.heap)
             say(f"{size:,} products: queries")
             searcher = Searcher(encoder, store, settings.search)
             queries, probes = run_queries(searcher, real, synthetic, plan, config.cached_repeats)
@@ -188,6 +192,7 @@ def _one_size(settings, encoder, config, real, plan, size, say) -> dict:
             sweep = ef_sweep(searcher, probes, list(config.ef_sweep))
         warmup = queries.pop("warmup")
     finally:
+        shutil.rmtree(vectors, ignore_errors=True)  # the maps stay readable until they are closed
         if not (config.keep_stores or config.reuse_stores):
             shutil.rmtree(folder, ignore_errors=True)
     return {"load": load, "warmup": warmup, "queries": queries, "hnsw_ef_sweep": sweep, "hnsw_ef": settings.store.hnsw_ef,
