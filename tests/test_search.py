@@ -128,8 +128,9 @@ def test_a_qdrant_server_ranks_like_the_embedded_store(tmp_path, fashion_frame, 
 
 def test_photo_searches_with_words_search_wider(shop, monkeypatch):
     """Words searched against photos are unlike every photo; the HNSW search of photos is made
-    CROSS_MODAL_BREADTH times wider for them, while a photo alone searches at the set breadth."""
-    from engine.signals import CROSS_MODAL_BREADTH
+    CROSS_MODAL_BREADTH times wider for them (COMPOSED_BREADTH for a photo composed with words),
+    while a photo alone searches at the set breadth."""
+    from engine.signals import COMPOSED_BREADTH, CROSS_MODAL_BREADTH
     from engine.store import IMAGE_VECTOR
 
     searcher, rows = shop
@@ -148,10 +149,11 @@ def test_photo_searches_with_words_search_wider(shop, monkeypatch):
         seen.clear()
         searcher.search(query)
         breadths.append(set(seen))
-    # With words, every search of photos (the whole catalog's, and the one within the photo's
-    # category) is the wider one.
-    (wide,), (mixed,), (alone,) = breadths
-    assert alone == max(store.hnsw_ef, 40) and wide == mixed == store.hnsw_ef * CROSS_MODAL_BREADTH > alone
+    # With words, every search of photos is a wider one: the words' own (alone, and within the
+    # photo's category) CROSS_MODAL_BREADTH times, the photo composed with them wider still.
+    (wide,), mixed, (alone,) = breadths
+    assert alone == max(store.hnsw_ef, 40) and wide == store.hnsw_ef * CROSS_MODAL_BREADTH > alone
+    assert mixed == {wide, store.hnsw_ef * COMPOSED_BREADTH} and store.hnsw_ef * COMPOSED_BREADTH > wide
 
 
 def test_a_query_runs_each_of_its_store_searches_once(shop, monkeypatch):
