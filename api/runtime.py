@@ -9,6 +9,7 @@ payload must not interleave with another write.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import anyio.to_thread
 from api.ratelimit import RateLimiter
 from engine.analytics.log import QueryLog
 from engine.encoder import Encoder
-from engine.errors import StoreUnavailable
+from engine.errors import CalibrationError, StoreUnavailable
 from engine.heap import settle_heap
 from engine.images import DecodeBudget
 from engine.model_loading import load_encoder
@@ -30,6 +31,8 @@ from engine.search import Searcher
 from engine.settings import ApiSettings, Settings
 from engine.store import VectorStore, open_store
 from engine.store.aliases import live_settings, physical_collection
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -79,10 +82,11 @@ class Runtime:
     async def switch(self, settings: Settings, encoder: Encoder, store: VectorStore, collection: str) -> None:
         """Serve from another index from this moment on. Writes are held off while the objects change
         hands; the old store is closed once the searches that started on it are done."""
+        searcher = searcher_after_switch(settings, encoder, store)
         async with self.write_lock:
             old_store, old_generation = self.store, self.generation
             self.settings, self.encoder, self.store, self.collection = settings, encoder, store, collection
-            self.searcher = Searcher(encoder, store, settings.search)
+            self.searcher = searcher
             self.generation += 1
         while self.in_flight.get(old_generation):
             await anyio.sleep(0.01)
@@ -94,6 +98,17 @@ class Runtime:
             await anyio.to_thread.run_sync(self.store.close)
         if self.query_log is not None:
             self.query_log.close()
+
+
+def searcher_after_switch(settings: Settings, encoder: Encoder, store: VectorStore) -> Searcher:
+    """The Searcher of an index switched to: a shopper-photo centre made with the old model does not
+    fit another model's appearance space, so search goes on without it (a warning says to run
+    `snapshop calibrate` again) rather than the switch failing half way."""
+    try:
+        return Searcher(encoder, store, settings.search)
+    except CalibrationError as e:
+        log.warning("%s; searching without a shopper-photo centre until then", e)
+        return Searcher(encoder, store, settings.search.model_copy(update={"shopper_centre": None}))
 
 
 async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> Runtime:

@@ -136,3 +136,19 @@ def test_eval_can_centre_each_half_of_real_photos_on_the_other(grocery_store, tm
                       store_path=grocery_store)
     assert report["query_sets"]["shopper_photos"]["fused"]["queries"] == len(queries)
     assert "centred on the other half" in format_table(report)
+
+
+def test_a_switch_to_another_models_index_searches_on_without_the_old_centre(grocery_store, encoder, tmp_path):
+    """Serving: a centre of the model before a re-index does not fit the new one; the server
+    switches anyway and searches uncentred, where a start with that centre is refused."""
+    from api.runtime import searcher_after_switch
+    from engine.settings import Settings
+
+    ShopperCentre.of(unit_rows(20), INFO.tag).save(tmp_path / "old.npz")
+    settings = Settings(store=StoreSettings(path=grocery_store), search=SearchSettings(shopper_centre=tmp_path / "old.npz"))
+    with open_store(settings.store, encoder.info) as store:
+        with pytest.raises(CalibrationError):
+            Searcher(encoder, store, settings.search)
+        searcher = searcher_after_switch(settings, encoder, store)
+        assert searcher.shopper_centre is None
+        assert searcher.search(SearchQuery(text="apple", k=3)).results
