@@ -22,6 +22,7 @@ from PIL import Image
 from engine.joint_look import look_projection, pooled
 from engine.look_head import gem
 from engine.model_info import ModelInfo
+from engine.text_runtime import OnnxTextTower
 from engine.trunk_top import feature_maps
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ class Encoder:
     metadata: dict = field(default_factory=dict)
     dtype: torch.dtype = torch.float32  # the towers' compute precision (see load_encoder)
     text_dtype: torch.dtype | None = None  # the text tower's, where it differs (None: ``dtype``)
+    # Query-sized texts' tower pass in ONNX Runtime, where loaded (engine.text_runtime).
+    text_runtime: OnnxTextTower | None = None
     # The last text batch's pooled tower output, keyed by its texts: a title's joint-space vector
     # and its sentence vector come from one transformer pass (see _pooled).
     _pooled_memo: tuple | None = field(default=None, repr=False, compare=False)
@@ -230,9 +233,10 @@ class Encoder:
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """One unit vector per text, shape (n, dim)."""
-        tower = self._hf_tower()
+        tower = self.hf_text_tower()
         if tower is not None:
-            return self._normalise(tower.proj(self._pooled(texts)))
+            pooled = self._pooled(texts)
+            return self._normalise(tower.proj(pooled.to(tower.proj.weight.dtype)))
         out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(_non_blank(texts[start : start + self.batch_size])).to(self.device)
@@ -265,10 +269,10 @@ class Encoder:
     def _sentence_from_tower(self) -> bool:
         # The offline model's text tower *is* all-MiniLM-L6-v2 with mean pooling: its pooled
         # output before the head is the sentence embedding, so no second model is loaded.
-        text = self._hf_tower()
+        text = self.hf_text_tower()
         return getattr(getattr(text, "config", None), "model_type", None) == "bert"
 
-    def _hf_tower(self) -> torch.nn.Module | None:
+    def hf_text_tower(self) -> torch.nn.Module | None:
         """The text tower when it is a Hugging Face transformer masked by its pad token, else None."""
         text = getattr(self.model, "text", None)
         if not all(hasattr(text, name) for name in ("transformer", "pooler", "proj", "config")):
@@ -290,9 +294,10 @@ class Encoder:
         memo = self._pooled_memo  # one read: another thread may replace it meanwhile
         if memo is not None and memo[0] == key:
             return memo[1]
-        tower = self._hf_tower()
+        tower = self.hf_text_tower()
         pad = tower.config.pad_token_id
         parts = []
+        in_runtime = self.text_runtime is not None and len(key) <= QUERY_BATCH  # a query: ONNX Runtime
         for start in range(0, len(key), self.batch_size):
             chunk = list(key[start : start + self.batch_size])
             with self._threads_for(len(chunk)):
@@ -300,7 +305,10 @@ class Encoder:
                 mask = tokens != pad
                 length = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else tokens.shape[1]
                 tokens, mask = tokens[:, :length], mask[:, :length].long()
-                parts.append(tower.pooler(tower.transformer(input_ids=tokens, attention_mask=mask), mask))
+                if in_runtime:
+                    parts.append(self.text_runtime.pooled(tokens, mask))
+                else:
+                    parts.append(tower.pooler(tower.transformer(input_ids=tokens, attention_mask=mask), mask))
         pooled = torch.cat(parts) if parts else torch.zeros((0, _width(tower)), device=self.device)
         self._pooled_memo = (key, pooled)
         return pooled

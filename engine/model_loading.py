@@ -106,9 +106,25 @@ def load_encoder(settings: ModelSettings) -> Encoder:
     if getattr(model, "look_head", None) is not None:
         look_dim = model.look_head.dim
     info = ModelInfo(name=spec.name, version=version, dim=dim, look_dim=look_dim)
-    log.info("loaded model %s (%d-d) on %s in %s (text %s), batches of %d", info.tag, dim, device, dtype,
-             text_dtype or dtype, batch_size)
-    return Encoder(model, preprocess, tokenizer, info, device, batch_size, metadata, dtype, text_dtype=text_dtype)
+    encoder = Encoder(model, preprocess, tokenizer, info, device, batch_size, metadata, dtype, text_dtype=text_dtype)
+    encoder.text_runtime = _text_runtime(encoder, settings)
+    log.info("loaded model %s (%d-d) on %s in %s (text %s%s), batches of %d", info.tag, dim, device, dtype,
+             text_dtype or dtype, "; text queries in ONNX Runtime" if encoder.text_runtime else "", batch_size)
+    return encoder
+
+
+def _text_runtime(encoder: Encoder, settings: ModelSettings):
+    """The query texts' ONNX Runtime tower (engine.text_runtime) where settings and the model allow."""
+    tower = encoder.hf_text_tower()
+    if settings.text_runtime == "torch" or encoder.device.type != "cpu" or tower is None:
+        return None
+    from engine.text_runtime import onnx_text_tower
+
+    runtime = onnx_text_tower(tower, encoder.tokenizer, encoder.info.tag, settings.cache_dir)
+    if runtime is None and settings.text_runtime == "onnxruntime":
+        raise ModelWeightsMissing("SNAPSHOP_MODEL__TEXT_RUNTIME=onnxruntime, but the ONNX text tower could not be "
+                                  "made (see the log): pip install onnxruntime onnx, or set it to torch")
+    return runtime
 
 
 def _load_lit(spec: ModelSpec, weights_override: Path | None):

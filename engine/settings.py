@@ -75,6 +75,11 @@ class ModelSettings(BaseModel):
         "bf16 is missing) on a GPU. 'bf16' is faster on CPUs with AMX/AVX512-BF16 (see docs/scale.md).",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; None leaves torch's default.")
+    text_runtime: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="What runs a query's text tower on a CPU. 'auto': ONNX Runtime where it and "
+        "`onnx` are installed (the graph exported once, kept in cache_dir or ~/.cache/snapshop), else torch; "
+        "'onnxruntime' fails the start without them. A catalog's titles always go through torch.",
+    )
 
 
 class IngestSettings(BaseModel):
