@@ -119,6 +119,21 @@ def test_category_batches_put_products_of_one_kind_side_by_side():
     assert torch.equal(torch.cat(category_batches(order, categories, 8, 1, generator)), order)
 
 
+def test_the_photo_pass_in_chunks_gives_the_whole_batchs_features():
+    """Training's photo pass runs a CPU batch in chunks of 4 (page faults, caches): the features
+    are those of the batch in one pass."""
+    from engine.trunk_tuning import _in_chunks
+
+    model, _, _, _ = build_lit_model(resolve_model("snapshop-lit-fashion").config_path, heads_path=None)
+    trunk = model.visual.trunk.eval()
+    pixels = torch.randn(10, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        whole = trunk.forward_features(pixels)
+        chunked = _in_chunks(trunk.forward_features, pixels)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, atol=1e-4, rtol=1e-4)
+
+
 def test_photo_views_are_the_photo_its_mirror_and_crops():
     import random
 
