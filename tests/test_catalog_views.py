@@ -53,7 +53,7 @@ def test_the_store_keeps_each_photos_appearance_with_its_views_and_reads_it_back
     from engine.store.base import LOOK_VECTOR
 
     views = encoder.model.catalog_views
-    assert (views["count"], views["weight"]) == (3, 0.3)  # the default model's (registry version 4)
+    assert (views["count"], views["weight"]) == (3, 0.3)  # the default model's (registry version 4 on)
     settings = StoreSettings(path=tmp_path / "store")
     with open_store(settings, encoder.info) as store:
         ingest_catalog(read_catalog(two_products), encoder, store, IngestSettings(), progress=False)

@@ -129,6 +129,7 @@ def test_the_shipped_joint_heads_are_snapshop_trains_two_trunk_heads(encoder):
     assert look_projection(encoder.model).weight.shape == (encoder.info.dim, 1280)
     report = metadata["report"]
     assert report["val_products"] == 2000 and report["tune_products"] == 600
-    assert report["val_recall_at_10"] >= 0.77 and report["val_mrr"] >= 0.45
+    # Above version 4's heads (Lite0 alone) on the same validation split: 0.759 / 0.459.
+    assert report["val_recall_at_10"] > 0.759 and report["val_mrr"] > 0.459
     assert metadata["config"]["look_features"] is True and metadata["config"]["unlocked_blocks"] == 0
     assert metadata["look_head"]["from"].endswith("snapshop-lit-fashion-v3.pt")
