@@ -78,7 +78,10 @@ def photo_kind(store: VectorStore, photo: np.ndarray, look: np.ndarray | None,
     products under ``filters``: by appearance (``look``) when the model has it, it tells
     products apart far better than the joint space (shopper-like photos R@1 0.93 against 0.71).
     The search brings ``limit`` products when that is more (the query's candidates: kept in
-    ``PhotoKind.search``); the best ``neighbours`` vote."""
+    ``PhotoKind.search``); the best ``neighbours`` vote. Filtered to one category, the vote can
+    only be that category: without a search asked for (``limit`` 0), none is made."""
+    if len(filters.categories) == 1 and limit <= 0:
+        return PhotoKind({filters.categories[0]: 1.0})
     query = VectorQuery(LOOK_VECTOR, look) if look is not None else VectorQuery(IMAGE_VECTOR, photo)
     wanted = max(neighbours, limit)
     (hits,) = store.search_many([query], filters, wanted)

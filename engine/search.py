@@ -21,7 +21,7 @@ from engine.encoder import Encoder
 from engine.errors import CalibrationError, InvalidQuery, ProductNotFound
 from engine.lexical import query_terms
 from engine.local_features import LocalFeatures, extract_beside
-from engine.photo_kind import RANKED_VOTERS, PhotoKind, photo_kind, ranked_kind
+from engine.photo_kind import RANKED_VOTERS, photo_kind, ranked_kind
 from engine.products import payload_of
 from engine.ranking import VERIFIED_MATCH, fuse, fused_scores, softmax, squash
 from engine.regions import JOINT_REGIONS, LOOK_REGIONS, WHOLE, Region, pick, search_regions
@@ -287,13 +287,12 @@ class Searcher:
         local = encoded.local if encoded is not None and text_joint is None else None
         # What the photo shows, from its nearest catalog photos: the category signal's vote. A photo
         # alone searches as deep as its candidates, so that its gathering search is this one.
-        kind, searched = None, self._searched_filters(query)
-        if photo is not None and weights.category > 0 and text and len(searched.categories) == 1:
-            # Filtered to one category, the neighbours' vote is that category whatever the photo:
-            # with words (whose searches do not read the vote's), it is not searched for.
-            kind = PhotoKind({searched.categories[0]: 1.0})
-        elif photo is not None and weights.category > 0:
-            kind = photo_kind(self.store, photo, look if self.encoder.info.look_dim else None, searched,
+        # With words the vote's search is not reused (their searches do not read it): none is asked
+        # for, and under a one-category filter none is made.
+        kind = None
+        if photo is not None and weights.category > 0:
+            kind = photo_kind(self.store, photo, look if self.encoder.info.look_dim else None,
+                              self._searched_filters(query),
                               limit=0 if text else max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES))
         if text_joint is not None or not self.encoder.info.look_dim:
             # "Like this, but in black": the words change what is wanted, so matching the photo's
