@@ -201,9 +201,9 @@ def test_a_query_photo_is_its_regions_vectors_and_the_whole_photos_local_feature
 
 
 def test_a_joint_vector_with_a_look_tower_part_reads_the_look_tower_on_the_joint_regions(encoder):
-    """A model whose joint photo vector adds the look tower's part (engine.joint_look): a query's
-    joint vectors are those of its joint regions, though the look tower's own vectors are of
-    other regions."""
+    """A model whose joint photo vector adds the look tower's part (engine.joint_look; here another,
+    random one): a query's joint vectors are those of its joint regions, though the look tower's
+    own vectors are of other regions."""
     import torch
 
     from engine.joint_look import LOOK_PROJ
@@ -213,12 +213,16 @@ def test_a_joint_vector_with_a_look_tower_part_reads_the_look_tower_on_the_joint
     cuts = [region.cut(photo) for region in search_regions(None)]
     projection = torch.nn.Linear(encoder.info.look_dim, encoder.info.dim, bias=False)
     torch.nn.init.normal_(projection.weight, std=0.05)
+    shipped = getattr(encoder.model, LOOK_PROJ, None)  # the session's model: put back as it was
     setattr(encoder.model, LOOK_PROJ, projection.eval())
     try:
         joint, look = encoder.encode_photos(cuts)
         query_joint, query_look = encoder.encode_query_photo(cuts, cuts[1:])
     finally:
-        delattr(encoder.model, LOOK_PROJ)
+        if shipped is None:
+            delattr(encoder.model, LOOK_PROJ)
+        else:
+            setattr(encoder.model, LOOK_PROJ, shipped)
     np.testing.assert_allclose(query_joint, joint, atol=1e-4)
     np.testing.assert_allclose(query_look, look[1:], atol=1e-4)
     assert np.abs(joint - encoder.encode_photos(cuts)[0]).max() > 1e-3  # the part counted
