@@ -17,6 +17,7 @@ from pathlib import Path
 
 from engine.errors import StoreError
 from engine.store.base import VectorStore
+from engine.store.sparse_copy import copy_tree
 
 MANIFEST = "backup.json"
 
@@ -73,6 +74,6 @@ def restore_store(backup: Path, store_path: Path, collection: str | None = None)
     partial = target.with_name(target.name + ".restoring")
     shutil.rmtree(partial, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, partial)
+    copy_tree(source, partial)
     partial.rename(target)
     return manifest

@@ -64,6 +64,7 @@ from engine.store.base import (
     vectors_of,
 )
 from engine.store.indexing import EF_CONSTRUCT, FULL_SCAN_KB, HNSW_M, INT8_QUANTILE, Indexing, graphed
+from engine.store.sparse_copy import copy_tree
 
 RULES_FILE = "merchandising.json"  # rules and synonyms (engine.rules), beside the shard
 _INDEX_KINDS = {"Keyword": "keyword", "Float": "number", "Integer": "number"}
@@ -275,7 +276,7 @@ class EdgeStore(VectorStore):
         with self._write_lock:
             self.shard.flush()
             products = self.shard.count(qe.CountRequest(exact=True))
-            shutil.copytree(self.dir, dest, ignore=shutil.ignore_patterns("snapshop.lock", "*.tmp"))
+            copy_tree(self.dir, dest, ignore=shutil.ignore_patterns("snapshop.lock", "*.tmp"))
         return products
 
     def optimize(self) -> None:
