@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.image_runtime import OnnxTrunks
 from engine.joint_look import look_projection, pooled
 from engine.look_head import gem
 from engine.model_info import ModelInfo
@@ -43,6 +44,8 @@ class Encoder:
     text_dtype: torch.dtype | None = None  # the text tower's, where it differs (None: ``dtype``)
     # Query-sized texts' tower pass in ONNX Runtime, where loaded (engine.text_runtime).
     text_runtime: OnnxTextTower | None = None
+    # A query photo's trunk passes in ONNX Runtime, where loaded (engine.image_runtime).
+    image_runtime: OnnxTrunks | None = None
     # The last text batch's pooled tower output, keyed by its texts: a title's joint-space vector
     # and its sentence vector come from one transformer pass (see _pooled).
     _pooled_memo: tuple | None = field(default=None, repr=False, compare=False)
@@ -73,6 +76,10 @@ class Encoder:
             pixels = pixels.pin_memory()  # lets the copy to the GPU run without a staging copy
         pixels = pixels.to(self.device, dtype=self.dtype, non_blocking=True)
         return pixels.contiguous(memory_format=torch.channels_last)
+
+    def _runtime_pixels(self, images: Sequence[Image.Image], preprocess=None) -> np.ndarray:
+        """Preprocessed images as one fp32 batch in ONNX Runtime's layout (N, C, H, W)."""
+        return torch.stack([(preprocess or self.preprocess)(image) for image in images]).numpy()
 
     def encode_photos(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """Joint-space vectors and appearance vectors of photos.
@@ -167,34 +174,43 @@ class Encoder:
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
         if workers > 1:
             pool = self._photo_pool(workers)
-            joint_done = pool.submit(self._joint_chunk, trunk, joint_regions)
-            look_done = pool.submit(self._look_chunk, look_in, None)
+            joint_done = pool.submit(self._joint_chunk, trunk, joint_regions, True)
+            look_done = pool.submit(self._look_chunk, look_in, None, True)
             (image_part, _), (looks, look_part) = joint_done.result(), look_done.result()
         else:
             with self._threads_for(1):
-                (image_part, _), (looks, look_part) = self._joint_chunk(trunk, joint_regions), self._look_chunk(look_in, None)
+                (image_part, _), (looks, look_part) = (self._joint_chunk(trunk, joint_regions, True),
+                                                       self._look_chunk(look_in, None, True))
         row = {id(image): i for i, image in enumerate(look_in)}
         if look_part is not None:
             look_part = look_part[[row[id(image)] for image in joint_regions]]
         return self._joint(image_part, look_part), looks[[row[id(image)] for image in look_regions]]
 
     @torch.inference_mode()
-    def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _joint_chunk(self, trunk, chunk: Sequence[Image.Image],
+                     query: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The image tower's part of photos' joint-space vectors (not normalised: the look tower
         may add its part, ``_joint``), and the trunk's feature map the appearance vector reads
-        where the model has no look tower of its own (``engine.trunk_top.feature_maps``)."""
-        joint_map, look_map = feature_maps(self.model, self._pixels(chunk))
+        where the model has no look tower of its own (``engine.trunk_top.feature_maps``). A
+        ``query`` photo's trunk runs in ONNX Runtime where it is loaded (only for models with a
+        look tower: no appearance map then)."""
+        if query and self.image_runtime is not None:
+            joint_map, look_map = self.image_runtime.joint_map(self._runtime_pixels(chunk)), None
+        else:
+            joint_map, look_map = feature_maps(self.model, self._pixels(chunk))
         return self.model.visual.head(trunk.forward_head(joint_map)), look_map
 
     @torch.inference_mode()
-    def _look_chunk(self, chunk: Sequence[Image.Image],
-                    feature_map: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
+    def _look_chunk(self, chunk: Sequence[Image.Image], feature_map: torch.Tensor | None,
+                    query: bool = False) -> tuple[np.ndarray, torch.Tensor | None]:
         """Appearance vectors of photos: from the look tower's own trunk where the model has one
-        (``engine.lit_model.build_look_trunk``), else from the image trunk's ``feature_map``; and
-        the look tower's part of their joint-space vectors where the model has one
-        (``engine.joint_look``)."""
+        (``engine.lit_model.build_look_trunk``; in ONNX Runtime for a ``query`` photo where it is
+        loaded), else from the image trunk's ``feature_map``; and the look tower's part of their
+        joint-space vectors where the model has one (``engine.joint_look``)."""
         look_trunk = getattr(self.model, "look_trunk", None)
-        if look_trunk is not None:
+        if look_trunk is not None and query and self.image_runtime is not None:
+            feature_map = self.image_runtime.look_map(self._runtime_pixels(chunk, self.model.look_preprocess))
+        elif look_trunk is not None:
             feature_map = look_trunk.forward_features(self._pixels(chunk, self.model.look_preprocess))
         head = getattr(self.model, "look_head", None)
         look = self._normalise(head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0))

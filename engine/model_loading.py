@@ -108,23 +108,47 @@ def load_encoder(settings: ModelSettings) -> Encoder:
     info = ModelInfo(name=spec.name, version=version, dim=dim, look_dim=look_dim)
     encoder = Encoder(model, preprocess, tokenizer, info, device, batch_size, metadata, dtype, text_dtype=text_dtype)
     encoder.text_runtime = _text_runtime(encoder, settings)
+    encoder.image_runtime = _image_runtime(encoder, settings)
+    in_runtime = [part for part, made in (("text", encoder.text_runtime), ("photo", encoder.image_runtime)) if made]
     log.info("loaded model %s (%d-d) on %s in %s (text %s%s), batches of %d", info.tag, dim, device, dtype,
-             text_dtype or dtype, "; text queries in ONNX Runtime" if encoder.text_runtime else "", batch_size)
+             text_dtype or dtype, f"; {' and '.join(in_runtime)} queries in ONNX Runtime" if in_runtime else "",
+             batch_size)
     return encoder
 
 
 def _text_runtime(encoder: Encoder, settings: ModelSettings):
     """The query texts' ONNX Runtime tower (engine.text_runtime) where settings and the model allow."""
     tower = encoder.hf_text_tower()
-    if settings.text_runtime == "torch" or encoder.device.type != "cpu" or tower is None:
+    if tower is None:
         return None
     from engine.text_runtime import onnx_text_tower
 
-    runtime = onnx_text_tower(tower, encoder.tokenizer, encoder.info.tag, settings.cache_dir)
-    if runtime is None and settings.text_runtime == "onnxruntime":
-        raise ModelWeightsMissing("SNAPSHOP_MODEL__TEXT_RUNTIME=onnxruntime, but the ONNX text tower could not be "
+    return _in_runtime(encoder, "text_runtime", settings,
+                       lambda: onnx_text_tower(tower, encoder.tokenizer, encoder.info.tag, settings.cache_dir))
+
+
+def _image_runtime(encoder: Encoder, settings: ModelSettings):
+    """The query photos' ONNX Runtime trunks (engine.image_runtime) where settings and the model allow."""
+    if getattr(encoder.model, "look_trunk", None) is None:
+        return None
+    from engine.image_runtime import onnx_trunks
+
+    return _in_runtime(encoder, "image_runtime", settings,
+                       lambda: onnx_trunks(encoder.model, encoder.preprocess, encoder.info.tag, settings.cache_dir))
+
+
+def _in_runtime(encoder: Encoder, setting: str, settings: ModelSettings, make):
+    """What ``make`` returns (a part of the model in ONNX Runtime, or None where it cannot be made),
+    unless the ``setting`` asks for torch or the model serves on a GPU (ONNX Runtime here is CPU
+    only); 'onnxruntime' refuses to start in torch."""
+    choice = getattr(settings, setting)
+    if choice == "torch" or encoder.device.type != "cpu":
+        return None
+    made = make()
+    if made is None and choice == "onnxruntime":
+        raise ModelWeightsMissing(f"SNAPSHOP_MODEL__{setting.upper()}=onnxruntime, but its ONNX graph could not be "
                                   "made (see the log): pip install onnxruntime onnx, or set it to torch")
-    return runtime
+    return made
 
 
 def _load_lit(spec: ModelSpec, weights_override: Path | None):
