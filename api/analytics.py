@@ -1,4 +1,5 @@
-"""The query log's side of a search: what of an answered search the log keeps (never the photo)."""
+"""The query log's side of a search: what of an answered search the log keeps (never the photo), and
+the shopper-photo centre learnt from it as photo searches come."""
 
 from __future__ import annotations
 
@@ -25,8 +26,20 @@ async def log_search(runtime: Runtime, form: SearchForm, kind: str, photo: bytes
         latency_ms=round(1000 * sum(seconds.values()), 3),
         photo_sha256=hashlib.sha256(photo).hexdigest() if photo is not None else None,
         photo_vector=response.photo_vector,
+        photo_look=response.photo_look,
+        model=runtime.encoder.info.tag,
         session=form.session,
     )
     # Off the event loop: an SQLite insert waits on the disk.
-    await anyio.to_thread.run_sync(runtime.query_log.record_query, entry)
+    await anyio.to_thread.run_sync(_record, runtime, entry)
     return entry.id
+
+
+def _record(runtime: Runtime, entry: LoggedQuery) -> None:
+    """Write ``entry``; a photo's appearance vector may teach the shop's centre (engine.analytics.centre)."""
+    runtime.query_log.record_query(entry)
+    learner, searcher = runtime.centre_learner, runtime.searcher
+    if learner is not None and entry.photo_look is not None:
+        centre = learner.logged(entry.model)
+        if centre is not None and centre.model == searcher.encoder.info.tag:  # not across an index switch
+            searcher.use_shopper_centre(centre)

@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from api.ratelimit import RateLimiter
+from engine.analytics.centre import CentreLearner
 from engine.analytics.log import QueryLog
 from engine.encoder import Encoder
 from engine.errors import CalibrationError, StoreUnavailable
@@ -46,6 +47,7 @@ class Runtime:
     limiter: anyio.CapacityLimiter
     write_lock: anyio.Lock = field(default_factory=anyio.Lock)
     query_log: QueryLog | None = None  # only when search analytics are on
+    centre_learner: CentreLearner | None = None  # only when the shopper-photo centre is "auto"
     event_limiter: RateLimiter | None = None
     decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(ApiSettings().decode_budget_bytes))
     collection: str = ""  # the collection served now (the settings' name may be an alias of it)
@@ -83,10 +85,11 @@ class Runtime:
         """Serve from another index from this moment on. Writes are held off while the objects change
         hands; the old store is closed once the searches that started on it are done."""
         searcher = searcher_after_switch(settings, encoder, store)
+        learner = await learn_centre(searcher, self.query_log, settings) if self.centre_learner else None
         async with self.write_lock:
             old_store, old_generation = self.store, self.generation
             self.settings, self.encoder, self.store, self.collection = settings, encoder, store, collection
-            self.searcher = searcher
+            self.searcher, self.centre_learner = searcher, learner
             self.generation += 1
         while self.in_flight.get(old_generation):
             await anyio.sleep(0.01)
@@ -111,6 +114,16 @@ def searcher_after_switch(settings: Settings, encoder: Encoder, store: VectorSto
         return Searcher(encoder, store, settings.search.model_copy(update={"shopper_centre": None}))
 
 
+async def learn_centre(searcher: Searcher, query_log: QueryLog | None, settings: Settings) -> CentreLearner | None:
+    """With SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto, the learner of the centre from the query log, and
+    ``searcher`` searching with what the log teaches already (the new model's photos only)."""
+    if settings.search.shopper_centre != "auto" or query_log is None:
+        return None
+    learner = CentreLearner(query_log, searcher.encoder.info)
+    searcher.use_shopper_centre(await anyio.to_thread.run_sync(learner.start))
+    return learner
+
+
 async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> Runtime:
     """Load the model (unless given one) and open the store, off the event loop."""
     settings = live_settings(settings)  # the model that made the live index, when it was re-indexed
@@ -118,9 +131,10 @@ async def start_runtime(settings: Settings, encoder: Encoder | None = None) -> R
     searcher = Searcher(encoder, store, settings.search)
     analytics = settings.analytics
     query_log = QueryLog(analytics.path, analytics.retention_days) if analytics.enabled else None
+    learner = await learn_centre(searcher, query_log, settings)
     # Locks and limiters belong to the event loop, so they are made here and not in the thread.
     return Runtime(settings, encoder, store, searcher, anyio.CapacityLimiter(settings.api.search_threads),
-                   query_log=query_log, event_limiter=RateLimiter(analytics.events_per_minute),
+                   query_log=query_log, centre_learner=learner, event_limiter=RateLimiter(analytics.events_per_minute),
                    decode_budget=DecodeBudget(settings.api.decode_budget_bytes),
                    collection=physical_collection(settings.store) if settings.store.backend == "edge"
                    else settings.store.collection)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -116,6 +117,9 @@ class SearchResponse:
     evidence: np.ndarray | None = None
     # The query's photo in the joint space, when it had one (the query log keeps it, not the photo).
     photo_vector: np.ndarray | None = None
+    # Its appearance vector before any shopper-photo centre, when the whole photo was searched:
+    # the query log keeps it too, and the shop's centre is learnt from it (engine.analytics.centre).
+    photo_look: np.ndarray | None = None
     total: int = 0  # products in the list the pages are cut from
     offset: int = 0
     facets: dict | None = None  # {"total", "categories", "attributes"} over the products above the floor
@@ -201,8 +205,9 @@ class Searcher:
         self._attributes: tuple[int, dict[str, str]] | None = None
         self._lock = threading.Lock()
         self.merchandising = Merchandising.model_validate(store.read_rules() or {})
+        # "auto": the server learns it from its query log and hands it over (use_shopper_centre).
         self.shopper_centre = (ShopperCentre.load(settings.shopper_centre, encoder.info)
-                               if settings.shopper_centre is not None else None)
+                               if isinstance(settings.shopper_centre, Path) else None)
 
     # --- public -----------------------------------------------------------------------------
     def set_merchandising(self, merchandising: Merchandising) -> None:
@@ -253,7 +258,7 @@ class Searcher:
         best = float(ranked.fused[0]) if len(ranked.fused) else 0.0
         verified = any(r.signals.get("match", 0.0) >= VERIFIED_MATCH for r in results)
         return SearchResponse(results, best < self.settings.nothing_close and not verified, predicted,
-                              seconds=clock.seconds, evidence=evidence, photo_vector=prepared.photo,
+                              seconds=clock.seconds, evidence=evidence, photo_vector=prepared.photo, photo_look=prepared.photo_look,
                               offset=page.offset, facets=facets, total=len(listed) if page.paged else len(results),
                               region=prepared.region)
 
@@ -317,6 +322,7 @@ class Searcher:
             limit=max(query.k * CANDIDATES_PER_RESULT, MIN_CANDIDATES),
             local=local,
             region=encoded.region if encoded is not None else None,
+            photo_look=encoded.look if encoded is not None and query.crop is None else None,
         )
 
     def encode_photo(self, image: Image.Image, crop: Region | None = None, verify: bool = True,

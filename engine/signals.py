@@ -62,6 +62,7 @@ class PreparedQuery:
     kind: PhotoKind | None = None  # what a query photo shows, from its nearest catalog photos
     local: LocalFeatures | None = None  # a photo-only query's local features, when it is verified
     region: Region | None = None  # the box of the query photo searched
+    photo_look: np.ndarray | None = None  # the whole photo's appearance vector as encoded, before any centre
 
 
 @dataclass

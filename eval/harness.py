@@ -16,15 +16,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from engine.encoder import Encoder
+from engine.errors import CalibrationError
 from engine.images import load_image_file
 from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, SearchSettings, StoreSettings
-from engine.errors import CalibrationError
-from engine.shopper_centre import MIN_PHOTOS, ShopperCentre
+from engine.shopper_centre import LEARN_EVERY, MIN_PHOTOS, ShopperCentre
 from engine.signals import SIGNALS
 from engine.store import open_store
 from engine.training import split_validation
 from eval.halves import halves
+from eval.learnt_centre import centres_as_they_come
 from eval.metrics import first_relevant_ranks, mrr, ndcg_at, recall_at
 from eval.query_sets import (
     FOR_WHOM,
@@ -48,11 +49,13 @@ PHOTO_CONFIGS = {"image": ALONE["image"], "look": ALONE["look"], "caption": ALON
 def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = None, split: str = "all",
              limit_products: int | None = None, limit_queries: int = 500, search: SearchSettings = SearchSettings(),
              progress: bool = True, seed: int = 0, only: set[str] | None = None,
-             store_path: Path | None = None, centre_halves: bool = False) -> dict:
+             store_path: Path | None = None, centre_halves: bool = False, centre_learnt: bool = False) -> dict:
     """``only`` names the query sets to run (all when None); ``store_path`` reuses a store ingested
     by an earlier run of the same catalog and split (ingest skips what is already there);
     ``centre_halves`` searches each half of the real shopper photos with the shopper-photo centre
-    (engine.shopper_centre) of the other half's photos, as a shop calibrated on earlier photos."""
+    (engine.shopper_centre) of the other half's photos, as a shop calibrated on earlier photos;
+    ``centre_learnt`` searches them once more (set ``shopper_photos_learnt``), each with the centre
+    learnt from the photos searched before it (eval.learnt_centre), as a serving shop learns it."""
     catalog = read_catalog(catalog_path)
     rows = catalog.rows
     if split != "all":
@@ -95,13 +98,16 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
             photo_sets.append(("shopper_like_photos",
                                augmented_photo_queries(rows, catalog.base_dir, limit_queries, seed, loader.load)))
         for name, photos in photo_sets:
-            if photos:
-                centred = centre_halves and name == "shopper_photos"
-                sets[name], predicted = _photo_set(searcher, photos, progress, departments, centred)
-                if centred:
-                    report["shopper_centre"] = "each half of the shopper photos centred on the other half's mean"
-                report.setdefault("category_accuracy", {})[name] = round(float(np.mean(
+            if not photos:
+                continue
+            encoded = [searcher.encode_photo(query.image)  # once, searched once per signal and centre
+                       for query in tqdm(photos, desc="encode photos", disable=not progress, leave=False)]
+            for set_name, centres in _centre_plans(searcher, name, encoded, photos, centre_halves, centre_learnt):
+                sets[set_name], predicted = _photo_set(searcher, photos, encoded, progress, departments, centres)
+                report.setdefault("category_accuracy", {})[set_name] = round(float(np.mean(
                     [guess == category.get(q.product_id) for q, guess in zip(photos, predicted)])), 4)
+            if name == "shopper_photos" and (centre_halves or centre_learnt):
+                report["shopper_centre"] = _centre_note(centre_halves, centre_learnt)
         if "shopper_photos" in sets and "shopper_like_photos" in sets:
             report["synthetic_vs_real"] = synthetic_gap(sets["shopper_like_photos"], sets["shopper_photos"])
     return report
@@ -143,16 +149,32 @@ def _composed_set(searcher: Searcher, queries, progress: bool) -> dict:
     return out
 
 
-def _photo_set(searcher: Searcher, photos, progress: bool, departments: dict[str, str],
-               centre_halves: bool = False) -> tuple[dict, list[str | None]]:
+def _centre_plans(searcher: Searcher, name: str, encoded, photos, halves: bool, learnt: bool):
+    """(set name, each photo's shopper-photo centre) of each way a photo set is searched: the
+    searcher's own centre, unless real shopper photos are centred on the other half's; and, asked
+    for, the centre learnt as they come."""
+    real = name == "shopper_photos"
+    yield name, (_cross_centres(searcher, encoded, photos) if halves and real
+                 else [searcher.shopper_centre] * len(photos))
+    if learnt and real:
+        looks = np.stack([vectors.look for vectors in encoded])
+        yield f"{name}_learnt", centres_as_they_come(looks, searcher.encoder.info.tag)
+
+
+def _centre_note(halves: bool, learnt: bool) -> str:
+    notes = ["each half of the shopper photos centred on the other half's mean"] if halves else []
+    if learnt:
+        notes.append(f"shopper_photos_learnt: each photo centred on the mean of the photos searched before it "
+                     f"(seeded shuffle; the first {MIN_PHOTOS} not centred; learnt again every {LEARN_EVERY})")
+    return "; ".join(notes)
+
+
+def _photo_set(searcher: Searcher, photos, encoded, progress: bool, departments: dict[str, str],
+               centres: list) -> tuple[dict, list[str | None]]:
     """Each signal alone and fused, per department too when the catalog names them; and the
-    category the fused search predicted for each photo. With ``centre_halves``, each half of the
-    photos is searched with the shopper-photo centre of the other half (no labels read)."""
+    category the fused search predicted for each photo. Each photo (``encoded``: its vectors) is
+    searched with its own shopper-photo centre (``centres``, None: none)."""
     out, predicted = {}, []
-    encoded = []  # each photo is encoded once and searched once per signal
-    for query in tqdm(photos, desc="encode photos", disable=not progress, leave=False):
-        encoded.append(searcher.encode_photo(query.image))
-    centres = _cross_centres(searcher, encoded, photos) if centre_halves else [searcher.shopper_centre] * len(photos)
     kept = searcher.shopper_centre
     for name, weights in PHOTO_CONFIGS.items():
         rankings, latencies = [], []

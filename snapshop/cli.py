@@ -187,6 +187,8 @@ def search(
         if vector_store.count() == 0:
             fail(f"the store at {settings.store.url or settings.store.path} is empty: run `snapshop ingest` first")
         searcher = Searcher(encoder, vector_store, settings.search)
+        if settings.search.shopper_centre == "auto":  # as the server would search now
+            searcher.use_shopper_centre(_learnt_centre(settings, encoder.info))
         filters = searcher.attribute_filters(filters, _parse_json_object(attributes, "--attributes"))
         response = searcher.search(
             SearchQuery(text=text, image=photo, filters=filters, k=k, photo_text_mix=mix, weights=weights,
@@ -342,8 +344,12 @@ PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 @app.command()
 def calibrate(
-    photos: Annotated[list[Path], typer.Argument(
-        help="Shoppers' photos, or folders of them (every .jpg, .jpeg, .png, .webp inside): no labels needed.")],
+    photos: Annotated[Optional[list[Path]], typer.Argument(
+        help="Shoppers' photos, or folders of them (every .jpg, .jpeg, .png, .webp inside): no labels needed.")] = None,
+    from_log: Annotated[bool, typer.Option(
+        "--from-log", help="Learn it from the photos shoppers searched with, as the query log keeps them "
+                           "(their appearance vectors, never the photos), instead of photos given here.")] = False,
+    log: Annotated[Optional[Path], typer.Option("--log", help="The query log [SNAPSHOP_ANALYTICS__PATH].")] = None,
     out: Annotated[Path, typer.Option(help="Where to write the centre (.npz).")] = Path("var/shopper-centre.npz"),
     store: StoreOpt = None,
     qdrant_url: UrlOpt = None,
@@ -351,6 +357,48 @@ def calibrate(
 ) -> None:
     """Measure what this shop's shoppers' photos have in common (engine/shopper_centre.py); search with
     SNAPSHOP_SEARCH__SHOPPER_CENTRE set to the file written."""
+    from engine.model_loading import load_encoder
+
+    settings = build_settings(store, qdrant_url, model)
+    if bool(photos) == from_log:
+        fail("give shoppers' photos (files or folders) or --from-log, one of the two")
+    if from_log:
+        path = log or settings.analytics.path
+        if not path.exists():
+            fail(f"no query log at {path}: turn search analytics on (SNAPSHOP_ANALYTICS__ENABLED=true) and serve")
+        centre, source = _centre_from_log(path, load_encoder(settings.model).info, settings)
+    else:
+        centre, source = _centre_of_photos(photos, settings)
+    centre.save(out)
+    typer.echo(f"centre of {centre.photos} shopper photos ({source}) written to {out}; "
+               f"search with it: SNAPSHOP_SEARCH__SHOPPER_CENTRE={out}")
+
+
+def _learnt_centre(settings: Settings, info):
+    """The centre a server with SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto learns from the query log (None
+    while it holds too few photo searches, or there is no log yet)."""
+    from engine.analytics.centre import CentreLearner
+    from engine.analytics.log import QueryLog
+
+    if not settings.analytics.path.exists():
+        return None
+    with QueryLog(settings.analytics.path, settings.analytics.retention_days) as query_log:
+        return CentreLearner(query_log, info).start()
+
+
+def _centre_from_log(path: Path, info, settings: Settings):
+    """The centre learnt from the query log at ``path``, and what it was learnt from, in words."""
+    from engine.analytics.centre import centre_from_log
+    from engine.analytics.log import QueryLog
+
+    with QueryLog(path, settings.analytics.retention_days) as query_log:
+        centre, others = centre_from_log(query_log, info)
+    left_out = f", {sum(others.values())} of other models left out" if others else ""
+    return centre, f"the latest searched, from the query log {path}{left_out}"
+
+
+def _centre_of_photos(photos: list[Path], settings: Settings):
+    """The centre of the photos given (files, or folders of them), and what it was learnt from, in words."""
     import numpy as np
 
     from engine.errors import InvalidImage
@@ -360,7 +408,6 @@ def calibrate(
     from engine.shopper_centre import ShopperCentre
     from engine.store import open_store
 
-    settings = build_settings(store, qdrant_url, model)
     files = sorted({f for p in photos for f in ([p] if p.is_file() else p.rglob("*") if p.is_dir() else [])
                     if f.is_file() and (p.is_file() or f.suffix.lower() in PHOTO_SUFFIXES)})
     missing = [str(p) for p in photos if not p.exists()]
@@ -376,10 +423,7 @@ def calibrate(
             except InvalidImage as e:
                 skipped += 1
                 typer.echo(f"  skipped {path}: {e}", err=True)
-    centre = ShopperCentre.of(np.array(looks), encoder.info.tag)
-    centre.save(out)
-    typer.echo(f"centre of {centre.photos} shopper photos ({skipped} unreadable skipped) written to {out}; "
-               f"search with it: SNAPSHOP_SEARCH__SHOPPER_CENTRE={out}")
+    return ShopperCentre.of(np.array(looks), encoder.info.tag), f"{skipped} unreadable skipped"
 
 
 @app.command("eval")
@@ -399,6 +443,10 @@ def evaluate(
     centre_halves: Annotated[bool, typer.Option(
         help="Search each half of the real shopper photos (--queries) with the shopper-photo centre of the "
              "other half's photos, as a shop calibrated on earlier photos (`snapshop calibrate`).")] = False,
+    centre_learnt: Annotated[bool, typer.Option(
+        help="Also search the real shopper photos one after another (seeded order), each with the centre "
+             "learnt from the photos before it, as a serving shop learns it (SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto): "
+             "set shopper_photos_learnt.")] = False,
     model: ModelOpt = None,
 ) -> None:
     """Recall@1/5/10, MRR and nDCG@10 per query set and per signal (image, text, BM25, fused)."""
@@ -411,7 +459,8 @@ def evaluate(
         fail(f"--split must be all, train or validation, not '{split}'")
     report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
                       settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
-                      only=set(only.split(",")) if only else None, centre_halves=centre_halves)
+                      only=set(only.split(",")) if only else None, centre_halves=centre_halves,
+                      centre_learnt=centre_learnt)
     typer.echo(format_table(report))
     paths = write_outputs(report, out)
     typer.echo(f"wrote {paths['json']} and {paths['plot']}")

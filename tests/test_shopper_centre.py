@@ -124,7 +124,7 @@ def test_a_centre_of_another_model_stops_search_with_how_to_redo_it(grocery_stor
     assert "made by model some-model@1" in result.stderr and "snapshop calibrate" in result.stderr
 
 
-def test_eval_can_centre_each_half_of_real_photos_on_the_other(grocery_store, tmp_path, encoder):
+def test_eval_can_centre_each_half_of_real_photos_on_the_other_and_as_they_come(grocery_store, tmp_path, encoder):
     from eval.harness import format_table, run_eval
 
     queries = pd.read_csv(GROCERY / "queries.csv").iloc[::5]
@@ -132,10 +132,14 @@ def test_eval_can_centre_each_half_of_real_photos_on_the_other(grocery_store, tm
     csv = tmp_path / "queries.csv"
     queries.to_csv(csv, index=False)
     report = run_eval(encoder, GROCERY / "catalog.csv", queries_csv=csv, limit_queries=80, progress=False,
-                      only={"photos"}, centre_halves=True, search=SearchSettings(),
+                      only={"photos"}, centre_halves=True, centre_learnt=True, search=SearchSettings(),
                       store_path=grocery_store)
-    assert report["query_sets"]["shopper_photos"]["fused"]["queries"] == len(queries)
-    assert "centred on the other half" in format_table(report)
+    sets = report["query_sets"]
+    assert sets["shopper_photos"]["fused"]["queries"] == sets["shopper_photos_learnt"]["fused"]["queries"] == len(queries)
+    # The same photos, searched with other centres: the appearance signal ranks them otherwise.
+    assert sets["shopper_photos_learnt"]["look"]["mrr"] != sets["shopper_photos"]["look"]["mrr"]
+    table = format_table(report)
+    assert "centred on the other half" in table and "shopper_photos_learnt by department" in table
 
 
 def test_a_switch_to_another_models_index_searches_on_without_the_old_centre(grocery_store, encoder, tmp_path):

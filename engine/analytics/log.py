@@ -6,6 +6,12 @@ embedding (never the photo itself), the ids shown, each shown product's ranker e
 ranker's weights can be refitted to clicks offline), whether it found nothing close, and its
 latency. Events (click, add to cart, purchase) name a logged search and one of its results.
 Rows older than ``retention_days`` are deleted when the log opens and every hour after.
+
+A photo searched whole also leaves its appearance vector and the model that made it: the shop's
+shopper-photo centre is learnt from them (engine.analytics.centre). Only the newest
+``LEARN_FROM`` of them are kept (5 KB each with the offline model's 1,280 numbers: 5 MB); older
+searches keep their row without it. A log written before these two columns opens as it is, the
+columns added, its old rows without them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal, Self
 import numpy as np
 
 from engine.errors import InvalidQuery, UnknownQuery
+from engine.shopper_centre import LEARN_FROM
 
 EventKind = Literal["click", "add_to_cart", "purchase"]
 EVENT_KINDS: tuple[EventKind, ...] = ("click", "add_to_cart", "purchase")
@@ -34,7 +41,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queries (
     id TEXT PRIMARY KEY, at REAL NOT NULL, session TEXT, kind TEXT NOT NULL, text TEXT, filters TEXT NOT NULL,
     photo_sha256 TEXT, photo_vector BLOB, results TEXT NOT NULL, evidence TEXT NOT NULL,
-    nothing_close INTEGER NOT NULL, latency_ms REAL NOT NULL
+    nothing_close INTEGER NOT NULL, latency_ms REAL NOT NULL, photo_look BLOB, model TEXT
 );
 CREATE INDEX IF NOT EXISTS queries_at ON queries (at);
 CREATE TABLE IF NOT EXISTS events (
@@ -44,6 +51,13 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_query ON events (query_id);
 CREATE INDEX IF NOT EXISTS events_at ON events (at);
 """
+# Columns added since the first log: (name, type), added to an older log when it opens.
+_ADDED_COLUMNS = (("photo_look", "BLOB"), ("model", "TEXT"))
+_QUERY_COLUMNS = ("id, at, session, kind, text, filters, photo_sha256, photo_vector, results, evidence, "
+                  "nothing_close, latency_ms, photo_look, model")
+# The searches that kept an appearance vector, newest first: what a centre is learnt from and
+# what the cap on them walks, without reading the rest of the log.
+_LOOKS_INDEX = "CREATE INDEX IF NOT EXISTS queries_looks ON queries (at) WHERE photo_look IS NOT NULL"
 
 
 @dataclass
@@ -60,6 +74,10 @@ class LoggedQuery:
     latency_ms: float
     photo_sha256: str | None = None
     photo_vector: np.ndarray | None = None
+    # The photo's appearance vector as encoded (before any shopper-photo centre), when it was
+    # searched whole, and the model (ModelInfo.tag) that made both vectors.
+    photo_look: np.ndarray | None = None
+    model: str | None = None
     session: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     at: float = field(default_factory=time.time)
@@ -72,6 +90,14 @@ class Event:
     kind: EventKind
     position: int  # 1-based rank of the product in the search's results
     at: float = field(default_factory=time.time)
+
+
+def _blob(vector: np.ndarray | None) -> bytes | None:
+    return None if vector is None else np.asarray(vector, np.float32).tobytes()
+
+
+def _array(blob: bytes | None) -> np.ndarray | None:
+    return None if blob is None else np.frombuffer(blob, np.float32)
 
 
 def evidence_rows(matrix: np.ndarray | None, signals: tuple[str, ...]) -> list[dict[str, float]]:
@@ -93,17 +119,24 @@ class QueryLog:
         # WAL: a report reading the log does not block the searches writing to it.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+        self._db.execute(_LOOKS_INDEX)
         self._purged_at = 0.0
         self.purge()
 
     # --- writes -----------------------------------------------------------------------------
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(queries)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE queries ADD COLUMN {name} {kind}")
+
     def record_query(self, query: LoggedQuery) -> None:
-        vector = None if query.photo_vector is None else np.asarray(query.photo_vector, np.float32).tobytes()
         row = (query.id, query.at, query.session, query.kind, query.text, json.dumps(query.filters, sort_keys=True),
-               query.photo_sha256, vector, json.dumps(query.results), json.dumps(query.evidence),
-               int(query.nothing_close), query.latency_ms)
+               query.photo_sha256, _blob(query.photo_vector), json.dumps(query.results), json.dumps(query.evidence),
+               int(query.nothing_close), query.latency_ms, _blob(query.photo_look), query.model)
         with self._lock:
-            self._db.execute("INSERT INTO queries VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", row)
+            self._db.execute(f"INSERT INTO queries ({_QUERY_COLUMNS}) VALUES ({','.join('?' * len(row))})", row)
         self._purge_now_and_then()
 
     def record_event(self, query_id: str, product_id: str, kind: EventKind, at: float | None = None) -> Event:
@@ -130,6 +163,10 @@ class QueryLog:
         with self._lock:
             self._db.execute("DELETE FROM events WHERE at < ?", (cutoff,))
             deleted = self._db.execute("DELETE FROM queries WHERE at < ?", (cutoff,)).rowcount
+            # Appearance vectors beyond the newest LEARN_FROM: no centre reads them any more.
+            self._db.execute("UPDATE queries SET photo_look = NULL WHERE photo_look IS NOT NULL AND at < "
+                             "(SELECT at FROM queries WHERE photo_look IS NOT NULL ORDER BY at DESC LIMIT 1 OFFSET ?)",
+                             (LEARN_FROM - 1,))
             self._purged_at = time.monotonic()
         return deleted
 
@@ -141,13 +178,24 @@ class QueryLog:
     def queries(self, since: float = 0.0) -> Iterator[LoggedQuery]:
         """Logged searches from ``since`` (a UNIX time) on, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM queries WHERE at >= ? ORDER BY at", (since,)).fetchall()
+            rows = self._db.execute(f"SELECT {_QUERY_COLUMNS} FROM queries WHERE at >= ? ORDER BY at",
+                                    (since,)).fetchall()
         for (qid, at, session, kind, text, filters, sha, vector, results, evidence, nothing_close,
-             latency) in rows:
+             latency, look, model) in rows:
             yield LoggedQuery(kind=kind, text=text, filters=json.loads(filters), results=json.loads(results),
                               evidence=json.loads(evidence), nothing_close=bool(nothing_close), latency_ms=latency,
-                              photo_sha256=sha, session=session, id=qid, at=at,
-                              photo_vector=np.frombuffer(vector, np.float32) if vector is not None else None)
+                              photo_sha256=sha, session=session, id=qid, at=at, photo_vector=_array(vector),
+                              photo_look=_array(look), model=model)
+
+    def photo_looks(self, since: float = 0.0, limit: int = LEARN_FROM) -> list[tuple[str | None, np.ndarray]]:
+        """(model, appearance vector) of the newest ``limit`` distinct photos searched whole from
+        ``since`` on, newest first: a photo searched again (its next page, words added) counts once."""
+        # SQLite gives a group's other columns from the row of its MAX(at): each photo's newest search.
+        with self._lock:
+            rows = self._db.execute("SELECT model, photo_look, MAX(at) AS newest FROM queries WHERE photo_look IS NOT "
+                                    "NULL AND at >= ? GROUP BY photo_sha256 ORDER BY newest DESC LIMIT ?",
+                                    (since, limit)).fetchall()
+        return [(model, np.frombuffer(look, np.float32)) for model, look, _ in rows]
 
     def events(self, since: float = 0.0) -> list[Event]:
         """Logged events from ``since`` on, oldest first."""
