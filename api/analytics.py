@@ -38,8 +38,5 @@ async def log_search(runtime: Runtime, form: SearchForm, kind: str, photo: bytes
 def _record(runtime: Runtime, entry: LoggedQuery) -> None:
     """Write ``entry``; a photo's appearance vector may teach the shop's centre (engine.analytics.centre)."""
     runtime.query_log.record_query(entry)
-    learner, searcher = runtime.centre_learner, runtime.searcher
-    if learner is not None and entry.photo_look is not None:
-        centre = learner.logged(entry.model)
-        if centre is not None and centre.model == searcher.encoder.info.tag:  # not across an index switch
-            searcher.use_shopper_centre(centre)
+    if runtime.centre_learner is not None and entry.photo_look is not None:
+        runtime.centre_learner.logged(entry.model)

@@ -89,7 +89,9 @@ class Runtime:
         async with self.write_lock:
             old_store, old_generation = self.store, self.generation
             self.settings, self.encoder, self.store, self.collection = settings, encoder, store, collection
-            self.searcher, self.centre_learner = searcher, learner
+            self.searcher, old_learner, self.centre_learner = searcher, self.centre_learner, learner
+        if old_learner is not None:
+            await anyio.to_thread.run_sync(old_learner.close)
             self.generation += 1
         while self.in_flight.get(old_generation):
             await anyio.sleep(0.01)
@@ -99,6 +101,8 @@ class Runtime:
         """Close the store once in-flight writes are done, so the next process can open it."""
         async with self.write_lock:
             await anyio.to_thread.run_sync(self.store.close)
+        if self.centre_learner is not None:
+            await anyio.to_thread.run_sync(self.centre_learner.close)
         if self.query_log is not None:
             self.query_log.close()
 
@@ -119,8 +123,8 @@ async def learn_centre(searcher: Searcher, query_log: QueryLog | None, settings:
     ``searcher`` searching with what the log teaches already (the new model's photos only)."""
     if settings.search.shopper_centre != "auto" or query_log is None:
         return None
-    learner = CentreLearner(query_log, searcher.encoder.info)
-    searcher.use_shopper_centre(await anyio.to_thread.run_sync(learner.start))
+    learner = CentreLearner(query_log, searcher.encoder.info, searcher.use_shopper_centre)
+    await anyio.to_thread.run_sync(learner.start)
     return learner
 
 

@@ -382,8 +382,12 @@ def _learnt_centre(settings: Settings, info):
 
     if not settings.analytics.path.exists():
         return None
+    learnt = []
     with QueryLog(settings.analytics.path, settings.analytics.retention_days) as query_log:
-        return CentreLearner(query_log, info).start()
+        learner = CentreLearner(query_log, info, learnt.append)
+        learner.start()
+        learner.close()
+    return learnt[-1] if learnt else None
 
 
 def _centre_from_log(path: Path, info, settings: Settings):

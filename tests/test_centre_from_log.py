@@ -147,8 +147,10 @@ def test_a_server_learns_its_centre_from_its_shoppers_photo_searches_and_calibra
         for photo in photos[1:MIN_PHOTOS - 1]:
             search_photo(client, photo)
         search_photo(client, photos[1], offset="3")  # the next page of a photo already searched
+        runtime.centre_learner.settled()
         assert runtime.searcher.shopper_centre is None  # 10 photo searches logged, 9 distinct photos
         search_photo(client, photos[MIN_PHOTOS - 1])
+        runtime.centre_learner.settled()
         learnt = runtime.searcher.shopper_centre
         assert learnt is not None and learnt.photos == MIN_PHOTOS and learnt.model == encoder.info.tag
         query_id = search_photo(client, photos[MIN_PHOTOS])["query_id"]

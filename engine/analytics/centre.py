@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -47,35 +49,53 @@ def centre_from_log(query_log: QueryLog, info: ModelInfo, since: float = 0.0) ->
 class CentreLearner:
     """A serving shop's centre, learnt from its query log (``SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto``):
     at start from what the log holds, then again whenever ``learning_due`` says so as photo
-    searches are logged. Safe to share between threads."""
+    searches are logged, each new centre handed to ``use`` (the searcher's ``use_shopper_centre``).
+    Learning again reads up to 1,000 vectors (20-50 ms on the loaded 2-core machine), so it runs on
+    a thread of its own and no shopper's answer waits for it. Safe to share between threads."""
 
-    def __init__(self, query_log: QueryLog, info: ModelInfo):
-        self.query_log, self.info = query_log, info
+    def __init__(self, query_log: QueryLog, info: ModelInfo, use: Callable[[ShopperCentre], None]):
+        self.query_log, self.info, self.use = query_log, info, use
         self.seen = 0  # photo searches of this model: in the log at start, then logged since
         self.learnt_at: int | None = None  # ``seen`` when it was last learnt
         self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shopper-centre")
+        self._pending: Future | None = None
 
-    def start(self) -> ShopperCentre | None:
-        """The centre of the photos the log holds already; None while they are too few."""
+    def start(self) -> None:
+        """Learn from the photos the log holds already (nothing while they are too few)."""
         with self._lock:
             self.seen = sum(model == self.info.tag for model, _ in self.query_log.photo_looks())
-            return self._learn_if_due()
+        self._learn()
 
-    def logged(self, model: str | None) -> ShopperCentre | None:
-        """Count one more logged photo search (made by ``model``); a newly learnt centre when due, else None."""
+    def logged(self, model: str | None) -> None:
+        """Count one more logged photo search (made by ``model``); learn again, off this thread, when due."""
         if model != self.info.tag:
-            return None
+            return
         with self._lock:
             self.seen += 1
-            return self._learn_if_due()
+            if learning_due(self.seen, self.learnt_at) and (self._pending is None or self._pending.done()):
+                self._pending = self._worker.submit(self._learn)
 
-    def _learn_if_due(self) -> ShopperCentre | None:
-        if not learning_due(self.seen, self.learnt_at):
-            return None
-        try:
+    def settled(self) -> None:
+        """Wait for a learning under way (tests, shutdown)."""
+        pending = self._pending
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Finish a learning under way and stop the thread (before the log closes)."""
+        self._worker.shutdown(wait=True)
+
+    def _learn(self) -> None:
+        with self._lock:
+            seen = self.seen
+            if not learning_due(seen, self.learnt_at):
+                return
+        try:  # the log is read outside the lock: searches logged meanwhile are not held up
             centre, _ = centre_from_log(self.query_log, self.info)
         except CalibrationError:  # photos searched again: too few distinct ones yet, tried at the next
-            return None
-        self.learnt_at = self.seen
+            return
+        with self._lock:
+            self.learnt_at = seen
+        self.use(centre)
         log.info("shopper-photo centre learnt from the query log's %d latest photo searches", centre.photos)
-        return centre

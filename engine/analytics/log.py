@@ -188,14 +188,20 @@ class QueryLog:
                               photo_look=_array(look), model=model)
 
     def photo_looks(self, since: float = 0.0, limit: int = LEARN_FROM) -> list[tuple[str | None, np.ndarray]]:
-        """(model, appearance vector) of the newest ``limit`` distinct photos searched whole from
-        ``since`` on, newest first: a photo searched again (its next page, words added) counts once."""
-        # SQLite gives a group's other columns from the row of its MAX(at): each photo's newest search.
+        """(model, appearance vector) of the photos of the newest ``limit`` searches that kept one
+        from ``since`` on, newest first, each photo once: a photo searched again (its next page,
+        words added) counts once. At most ``limit`` vectors are read, however busy the shop."""
         with self._lock:
-            rows = self._db.execute("SELECT model, photo_look, MAX(at) AS newest FROM queries WHERE photo_look IS NOT "
-                                    "NULL AND at >= ? GROUP BY photo_sha256 ORDER BY newest DESC LIMIT ?",
-                                    (since, limit)).fetchall()
-        return [(model, np.frombuffer(look, np.float32)) for model, look, _ in rows]
+            rows = self._db.execute("SELECT photo_sha256, model, photo_look FROM queries WHERE photo_look IS NOT NULL "
+                                    "AND at >= ? ORDER BY at DESC LIMIT ?", (since, limit)).fetchall()
+        # Kept apart in Python: SQLite's GROUP BY copied the 5 KB vectors into a sorter (125 ms for
+        # 1,000, against 20 ms for this read, on the loaded 2-core machine).
+        looks, seen = [], set()
+        for sha, model, look in rows:
+            if sha not in seen:
+                seen.add(sha)
+                looks.append((model, np.frombuffer(look, np.float32)))
+        return looks
 
     def events(self, since: float = 0.0) -> list[Event]:
         """Logged events from ``since`` on, oldest first."""
