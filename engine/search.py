@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -452,21 +452,25 @@ class Searcher:
         Returns the candidates' point keys and, per signal, each candidate's raw score.
         """
         with clock.stage("gather"):
-            found = self._search_many(plan, filters, query)
-            if query is not None:
-                found += self._gather_within_kind(query, plan, filters)
+            within = self._gather_within_kind(query, plan, filters) if query is not None else []
+            found = self._search_many(plan, filters, query, within)
         keys = list(dict.fromkeys(key for hits in found for key, _ in hits))
         with clock.stage("score"):
             scored = self.store.score(keys, list(plan.score.values()))
         return keys, dict(zip(plan.score, scored))
 
-    def _search_many(self, plan: SearchPlan, filters: SearchFilters, query: PreparedQuery | None) -> list:
-        """Each of the plan's gathering searches' hits, in the plan's order; one that the photo's
-        neighbours' vote already ran (the same vector, filters and depth) is not run again."""
+    def _search_many(self, plan: SearchPlan, filters: SearchFilters, query: PreparedQuery | None,
+                     more: list[VectorQuery] = ()) -> list:
+        """The hits of each of the plan's gathering searches, in the plan's order, then of ``more``,
+        all in one batch of the store (engine.store.base.batched_breadths: searches of one vector
+        under one filter share their pass); one that the photo's neighbours' vote already ran
+        (the same vector, filters and depth) is not run again."""
         earlier = query.kind.search if query is not None and query.kind is not None else None
         done = [earlier.hits if earlier is not None and earlier.answers(probe, filters, plan.limit) else None
                 for probe in plan.gather]
-        fresh = iter(self.store.search_many([p for p, d in zip(plan.gather, done) if d is None], filters, plan.limit))
+        done += [None] * len(more)
+        wanted = [p for p, d in zip([*plan.gather, *more], done) if d is None]
+        fresh = iter(self.store.search_many(wanted, filters, plan.limit))
         return [d if d is not None else next(fresh) for d in done]
 
     def _searched_filters(self, query: SearchQuery) -> SearchFilters:
@@ -597,10 +601,11 @@ class Searcher:
                 self._background = (count, sample)
             return self._background[1]
 
-    def _gather_within_kind(self, q: PreparedQuery, plan: SearchPlan, filters: SearchFilters) -> list:
+    def _gather_within_kind(self, q: PreparedQuery, plan: SearchPlan, filters: SearchFilters) -> list[VectorQuery]:
         """With a photo and words, the words' searches again within the categories the photo shows,
         and the words alone against the photos there: "in brown" among handbags finds brown
-        handbags, where the whole catalog's brown things are shoes and belts."""
+        handbags, where the whole catalog's brown things are shoes and belts. Returns the
+        searches (with their filters), run in the gathering's batch."""
         if q.kind is None or q.text_joint is None or not q.kind.categories:
             return []
         likely = q.kind.likely(KIND_SHARE)
@@ -616,7 +621,7 @@ class Searcher:
             # products, 10-15 ms each with a filter).
             words = [w for w in words if not any(w is g for g in plan.gather)]
         words.append(VectorQuery(IMAGE_VECTOR, q.text_joint, breadth=photo_breadth(True)))
-        return self.store.search_many(words, within, plan.limit)
+        return [replace(w, filters=within) for w in words]
 
     @staticmethod
     def _ranked_categories(ranked: _Ranked) -> list[tuple[float, str | None]]:

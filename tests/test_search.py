@@ -6,7 +6,7 @@ from engine.errors import InvalidQuery
 from engine.images import load_image_file
 from engine.search import Searcher, SearchQuery
 from engine.settings import IngestSettings, StoreSettings
-from engine.store import SearchFilters, open_store
+from engine.store import IMAGE_VECTOR, SearchFilters, open_store
 from ingest.catalog import read_catalog
 from ingest.pipeline import ingest_catalog
 from tests.conftest import FASHION, pick_products, write_catalog
@@ -131,7 +131,6 @@ def test_photo_searches_with_words_search_wider(shop, monkeypatch):
     CROSS_MODAL_BREADTH times wider for them (COMPOSED_BREADTH for a photo composed with words),
     while a photo alone searches at the set breadth."""
     from engine.signals import COMPOSED_BREADTH, CROSS_MODAL_BREADTH
-    from engine.store import IMAGE_VECTOR
 
     searcher, rows = shop
     store, seen = searcher.store, []
@@ -159,13 +158,19 @@ def test_photo_searches_with_words_search_wider(shop, monkeypatch):
 def test_a_query_runs_each_of_its_store_searches_once(shop, monkeypatch):
     """Every search of the store is paid once per query: a photo's appearance search (its
     category vote's neighbours) is also its gathering search, and a photo with words filtered to
-    the photo's own category does not search that category again for the same words."""
+    the photo's own category does not search that category again for the same words. Its
+    gathering searches, within the photo's category too, are one batch of the store, where its
+    two searches of photos under that one filter share a breadth (so Qdrant reads the category's
+    photos once for both)."""
+    from engine.store.base import batched_breadths
+
     searcher, rows = shop
-    store, seen = searcher.store, []
+    store, seen, calls = searcher.store, [], []
     real_search_many = store.search_many
 
     def recording(queries, filters, limit):
-        seen.extend((q.using, q.breadth, q.limit or limit, filters,
+        calls.append([(q.using, f, breadth) for q, (f, breadth) in zip(queries, batched_breadths(queries, filters))])
+        seen.extend((q.using, q.breadth, q.limit or limit, q.filters or filters,
                      q.vector.tobytes() if q.vector is not None else repr(q.terms)) for q in queries)
         return real_search_many(queries, filters, limit)
 
@@ -177,6 +182,11 @@ def test_a_query_runs_each_of_its_store_searches_once(shop, monkeypatch):
     for query in (SearchQuery(image=photo, k=5), SearchQuery(image=photo, k=5, filters=in_category),
                   SearchQuery(image=photo, text="in black", k=5, filters=in_category)):
         seen.clear()
+        calls.clear()
         response = searcher.search(query)
         assert response.results
         assert len(seen) == len(set(seen)), [(using, breadth) for using, breadth, *_ in seen]
+    # The last query (its filter names one category: the photo's vote needs no search) is one batch.
+    assert len(calls) == 1
+    photos = [(f, breadth) for using, f, breadth in calls[0] if using == IMAGE_VECTOR]
+    assert len(photos) == 2 and photos[0] == photos[1] and photos[0][0].categories == (category,)

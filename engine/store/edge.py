@@ -54,6 +54,7 @@ from engine.store.base import (
     VectorLayout,
     VectorQuery,
     VectorStore,
+    batched_breadths,
     check_model,
     keeps_local_features,
     model_record,
@@ -317,12 +318,16 @@ class EdgeStore(VectorStore):
     def search_many(self, queries, filters, limit):
         if not queries:
             return []
-        condition = _filter(filters)
-        requests = [qe.QueryRequest(limit=q.limit or limit, query=self._nearest(q), filter=condition,
-                                    with_payload=False, with_vector=False,
-                                    params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth),
-                                                           quantization=self._rescored))
-                    for q in queries]
+        conditions: dict[SearchFilters, qe.Filter | None] = {}
+        requests = []
+        for q, (own, breadth) in zip(queries, batched_breadths(queries, filters)):
+            if own not in conditions:
+                conditions[own] = _filter(own)
+            requests.append(qe.QueryRequest(
+                limit=q.limit or limit, query=self._nearest(q), filter=conditions[own],
+                with_payload=False, with_vector=False,
+                params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, breadth),
+                                       quantization=self._rescored)))
         answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(p.id, p.score) for p in points] for points in answers]
 

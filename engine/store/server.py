@@ -37,6 +37,7 @@ from engine.store.base import (
     VectorLayout,
     VectorQuery,
     VectorStore,
+    batched_breadths,
     check_model,
     keeps_local_features,
     model_record,
@@ -185,13 +186,16 @@ class ServerStore(VectorStore):
     def search_many(self, queries, filters, limit):
         if not queries:
             return []
-        condition = _filter(filters)
-        requests = [qm.QueryRequest(query=_nearest(q), using=self.layout.name(q.using), filter=condition,
-                                    limit=q.limit or limit,
-                                    with_payload=False, with_vector=False,
-                                    params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, q.breadth),
-                                                           quantization=self._rescored))
-                    for q in queries]
+        conditions: dict[SearchFilters, qm.Filter | None] = {}
+        requests = []
+        for q, (own, breadth) in zip(queries, batched_breadths(queries, filters)):
+            if own not in conditions:
+                conditions[own] = _filter(own)
+            requests.append(qm.QueryRequest(
+                query=_nearest(q), using=self.layout.name(q.using), filter=conditions[own], limit=q.limit or limit,
+                with_payload=False, with_vector=False,
+                params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, breadth),
+                                       quantization=self._rescored)))
         answers = self.client.query_batch_points(self.collection, requests=requests)
         return [[(p.id, p.score) for p in answer.points] for answer in answers]
 
