@@ -85,7 +85,15 @@ def _metrics(app: FastAPI, settings: Settings) -> Metrics:
         store = settings.store
         return folder_bytes(store.path / store.collection) if store.backend == "edge" else None
 
+    def centre_photos() -> int:
+        runtime = app.state.runtime
+        if runtime is None:
+            raise LookupError("not started")
+        centre = runtime.searcher.shopper_centre
+        return centre.photos if centre is not None else 0
+
     metrics.watch_store(count, disk_bytes)
+    metrics.watch_centre(centre_photos)
     return metrics
 
 

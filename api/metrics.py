@@ -57,6 +57,10 @@ class Metrics:
         """Export the store's size, read at each scrape."""
         self.registry.register(_StoreCollector(count, disk_bytes))
 
+    def watch_centre(self, photos: Callable[[], int]) -> None:
+        """Export how many photos the shopper-photo centre searched with is the mean of, read at each scrape."""
+        self.registry.register(_CentreCollector(photos))
+
     def observe_search(self, kind: str, seconds: dict[str, float], nothing_close: bool) -> None:
         """One answered search: its stages' times and whether it found nothing close."""
         for stage, value in seconds.items():
@@ -86,6 +90,22 @@ class _StoreCollector:
         if size is not None:
             yield GaugeMetricFamily("snapshop_store_disk_bytes", "Bytes the embedded store takes on disk.",
                                     value=size)
+
+
+class _CentreCollector:
+    """The photos of the shopper-photo centre in use (0: none yet), asked of the searcher when scraped."""
+
+    def __init__(self, photos: Callable[[], int]):
+        self._photos = photos
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        try:
+            photos = self._photos()
+        except LookupError:  # not started: left out this once
+            return
+        yield GaugeMetricFamily("snapshop_shopper_centre_photos", "Shoppers' photos the shopper-photo centre "
+                                "photo searches are centred on is the mean of (0: none; it grows as they come "
+                                "with SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto).", value=photos)
 
 
 def folder_bytes(folder: Path) -> int | None:

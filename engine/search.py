@@ -258,9 +258,9 @@ class Searcher:
         best = float(ranked.fused[0]) if len(ranked.fused) else 0.0
         verified = any(r.signals.get("match", 0.0) >= VERIFIED_MATCH for r in results)
         return SearchResponse(results, best < self.settings.nothing_close and not verified, predicted,
-                              seconds=clock.seconds, evidence=evidence, photo_vector=prepared.photo, photo_look=prepared.photo_look,
+                              seconds=clock.seconds, evidence=evidence, photo_vector=prepared.photo,
                               offset=page.offset, facets=facets, total=len(listed) if page.paged else len(results),
-                              region=prepared.region)
+                              region=prepared.region, photo_look=prepared.photo_look)
 
     def prepare(self, query: SearchQuery, clock: StageClock | None = None, words: str | None = None) -> PreparedQuery:
         """The query checked, turned into vectors once (timed as the ``encode`` stage of

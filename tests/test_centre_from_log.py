@@ -149,10 +149,12 @@ def test_a_server_learns_its_centre_from_its_shoppers_photo_searches_and_calibra
         search_photo(client, photos[1], offset="3")  # the next page of a photo already searched
         runtime.centre_learner.settled()
         assert runtime.searcher.shopper_centre is None  # 10 photo searches logged, 9 distinct photos
+        assert "snapshop_shopper_centre_photos 0.0" in client.get("/metrics").text
         search_photo(client, photos[MIN_PHOTOS - 1])
         runtime.centre_learner.settled()
         learnt = runtime.searcher.shopper_centre
         assert learnt is not None and learnt.photos == MIN_PHOTOS and learnt.model == encoder.info.tag
+        assert f"snapshop_shopper_centre_photos {MIN_PHOTOS}.0" in client.get("/metrics").text
         query_id = search_photo(client, photos[MIN_PHOTOS])["query_id"]
         # The photo's appearance vector as searched is the logged one less the centre.
         with QueryLog(folder / "analytics.sqlite") as log:
