@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from engine.image_runtime import OnnxTrunks
+from engine.joint_colour import colour_histograms, colour_projection
 from engine.joint_look import look_projection, pooled
 from engine.look_head import gem
 from engine.model_info import ModelInfo
@@ -55,8 +56,8 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector per image, shape (n, dim)."""
-        if look_projection(self.model) is not None:  # the joint vector reads the look tower too
-            return self.encode_photos(images)[0]
+        if look_projection(self.model) is not None or colour_projection(self.model) is not None:
+            return self.encode_photos(images)[0]  # the joint vector reads the look tower or colours too
         out = np.zeros((len(images), self.info.dim), dtype=np.float32)
 
         def encode(start: int, chunk: Sequence[Image.Image]) -> None:
@@ -189,16 +190,20 @@ class Encoder:
     @torch.inference_mode()
     def _joint_chunk(self, trunk, chunk: Sequence[Image.Image],
                      query: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The image tower's part of photos' joint-space vectors (not normalised: the look tower
-        may add its part, ``_joint``), and the trunk's feature map the appearance vector reads
-        where the model has no look tower of its own (``engine.trunk_top.feature_maps``). A
-        ``query`` photo's trunk runs in ONNX Runtime where it is loaded (only for models with a
-        look tower: no appearance map then)."""
+        """The image tower's part of photos' joint-space vectors, with their colours' where the
+        model reads them (not normalised: the look tower may add its part, ``_joint``), and the
+        trunk's feature map the appearance vector reads where the model has no look tower of its
+        own (``engine.trunk_top.feature_maps``). A ``query`` photo's trunk runs in ONNX Runtime
+        where it is loaded (only for models with a look tower: no appearance map then)."""
         if query and self.image_runtime is not None:
             joint_map, look_map = self.image_runtime.joint_map(self._runtime_pixels(chunk)), None
         else:
             joint_map, look_map = feature_maps(self.model, self._pixels(chunk))
-        return self.model.visual.head(trunk.forward_head(joint_map)), look_map
+        part = self.model.visual.head(trunk.forward_head(joint_map))
+        colour = colour_projection(self.model)
+        if colour is not None:  # the photos' colours (engine.joint_colour)
+            part = part + colour(colour_histograms(chunk).to(part.device, colour.weight.dtype)).to(part.dtype)
+        return part, look_map
 
     @torch.inference_mode()
     def _look_chunk(self, chunk: Sequence[Image.Image], feature_map: torch.Tensor | None,

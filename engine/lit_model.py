@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from engine.errors import ModelWeightsMissing
+from engine.joint_colour import COLOUR_PROJ, attach_colour_projection
 from engine.joint_look import LOOK_PROJ, attach_look_projection
 
 PACKAGE_PREFIX = "package:"
@@ -117,6 +118,8 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
             if getattr(model, "look_trunk", None) is None:
                 raise ModelWeightsMissing(f"{heads_path}: projects look-tower features, but the model has no look tower")
             attach_look_projection(model, int(model.look_trunk.num_features))
+        if f"{COLOUR_PROJ}.weight" in checkpoint["state_dict"]:  # ... and the photo's colours (engine.joint_colour)
+            attach_colour_projection(model)
         missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
         if unexpected:
             raise ModelWeightsMissing(f"{heads_path}: tensors the model does not have: {unexpected[:5]}")

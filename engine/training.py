@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from engine.errors import InvalidImage, ModelWeightsMissing
 from engine.images import load_image_file
+from engine.joint_colour import attach_colour_projection, colour_histogram, colour_projection
 from engine.joint_look import attach_look_projection, look_projection
 from engine.lit_model import build_lit_model, trainable_state
 from engine.look_training import LookConfig, pooled_features, train_look_head
@@ -64,6 +65,9 @@ class TrainConfig:
     # Where the model has a look tower (the appearance trunk), its pooled features of each photo
     # view are a second input of the joint image vector (engine.joint_look).
     look_features: bool = True
+    # The joint image vector also reads each photo view's colour histogram (engine.joint_colour):
+    # validation MRR 0.465 -> 0.502, R@10 0.777 -> 0.798 on cached features (docs/quality.md).
+    colour_features: bool = True
     tune_fraction: float = 0.1  # of the training products: where the epoch is chosen
 
 
@@ -98,6 +102,7 @@ class _Part:
     lower: torch.Tensor  # (views, n, C, H, W) fp16: the trunk below its unlocked top (pooled where none trains)
     text: torch.Tensor  # (n, width): the text tower's pooled output
     look: torch.Tensor | None = None  # (views, n, width) fp16: the look tower's pooled features
+    colour: torch.Tensor | None = None  # (views, n, bins): the views' colour histograms
 
 
 def train_lit_heads(
@@ -122,6 +127,8 @@ def train_lit_heads(
     top = _unlock(model, config)
     if config.look_features and getattr(model, "look_trunk", None) is not None:
         attach_look_projection(model, int(model.look_trunk.num_features))
+    if config.colour_features:
+        attach_colour_projection(model)
     model.to(device)
 
     val_ids = split_validation([p.product_id for p in pairs], config.val_fraction, config.seed)
@@ -145,7 +152,7 @@ def train_lit_heads(
     trained_top = top if _top_trains(config) else None
     history, best = _fit(model, trained_top, fit, tune, config, progress)
     model.load_state_dict(best["state"], strict=False)
-    scores = (evaluate(model, trained_top, val.lower[0], val.text, _first(val.look)) if val.pairs
+    scores = (evaluate(model, trained_top, val.lower[0], val.text, _first(val.look), _first(val.colour)) if val.pairs
               else {"r1": 0.0, "r10": 0.0, "mrr": 0.0})
     out_path.parent.mkdir(parents=True, exist_ok=True)
     report = TrainReport(
@@ -157,7 +164,7 @@ def train_lit_heads(
     metadata = {"model": model_name, "val_seed": config.seed, "val_fraction": config.val_fraction,
                 "report": {k: v for k, v in asdict(report).items() if k not in ("history", "skipped_images")},
                 "config": asdict(config), "trunk_top": {"depth": top.depth if _top_trains(config) else 0},
-                "joint_look": look_projection(model) is not None}
+                "joint_look": look_projection(model) is not None, "joint_colour": colour_projection(model) is not None}
     checkpoint = {"state_dict": best["state"], "metadata": metadata}
     if look is not None:
         kept = fit.pairs + tune.pairs + val.pairs
@@ -197,11 +204,12 @@ def _features(model, preprocess, tokenizer, pairs: list[TrainingPair], depth: in
             return None
 
     look = (model.look_trunk, model.look_preprocess) if look_projection(model) is not None else None
-    lower, look_features, kept = cached_lower_features(model.visual.trunk, preprocess, pairs, load, depth, views,
-                                                       seed, desc, progress, _device(model), look)
-    readable = [pairs[i] for i in kept]
-    return _Part(readable, lower, _text_features(model, tokenizer, [p.title for p in readable], progress),
-                 look_features)
+    colour = colour_histogram if colour_projection(model) is not None else None
+    cached = cached_lower_features(model.visual.trunk, preprocess, pairs, load, depth, views, seed, desc, progress,
+                                   _device(model), look, colour)
+    readable = [pairs[i] for i in cached.kept]
+    return _Part(readable, cached.lower, _text_features(model, tokenizer, [p.title for p in readable], progress),
+                 cached.look, cached.colour)
 
 
 def _text_features(model, tokenizer, titles: list[str], progress: bool) -> torch.Tensor:
@@ -252,7 +260,8 @@ def _fit(model, top: TrunkTop | None, fit: _Part, tune: _Part, config: TrainConf
                 continue
             view = torch.randint(0, fit.lower.shape[0], (len(batch),), generator=generator)
             img = _image_embeddings(model, top, fit.lower[view, batch],
-                                    fit.look[view, batch] if fit.look is not None else None)
+                                    fit.look[view, batch] if fit.look is not None else None,
+                                    fit.colour[view, batch] if fit.colour is not None else None)
             txt = torch.nn.functional.normalize(model.text.proj(fit.text[batch].to(_device(model))), dim=-1)
             loss = loss_fn(img, txt, model.logit_scale.exp())
             optimizer.zero_grad()
@@ -262,7 +271,8 @@ def _fit(model, top: TrunkTop | None, fit: _Part, tune: _Part, config: TrainConf
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
-        metrics = evaluate(model, top, tune.lower[0], tune.text, _first(tune.look)) if tune.pairs else {}
+        metrics = (evaluate(model, top, tune.lower[0], tune.text, _first(tune.look), _first(tune.colour))
+                   if tune.pairs else {})
         row = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 4) if losses else None, **metrics}
         history.append(row)
         bar.set_postfix(loss=row["loss"], r10=metrics.get("r10"), mrr=metrics.get("mrr"))
@@ -280,7 +290,7 @@ def _pooled_part(model, top: TrunkTop, part: _Part) -> _Part:
         memory_format=torch.channels_last))).half().cpu() for chunk in view.split(256)])
         if len(view) else torch.zeros((0, model.visual.trunk.num_features), dtype=torch.float16)
         for view in part.lower]
-    return _Part(part.pairs, torch.stack(views), part.text, part.look)
+    return _Part(part.pairs, torch.stack(views), part.text, part.look, part.colour)
 
 
 def _first(views: torch.Tensor | None) -> torch.Tensor | None:
@@ -288,27 +298,33 @@ def _first(views: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _image_embeddings(model, top: TrunkTop | None, lower: torch.Tensor,
-                      look: torch.Tensor | None = None) -> torch.Tensor:
+                      look: torch.Tensor | None = None, colour: torch.Tensor | None = None) -> torch.Tensor:
     """Unit joint-space vectors of photos from their lower trunk features (their pooled trunk
-    output where ``top`` is None: ``_pooled_part``), and their look tower's pooled features where
-    the joint vector reads them (engine.joint_look)."""
+    output where ``top`` is None: ``_pooled_part``), their look tower's pooled features where
+    the joint vector reads them (engine.joint_look), and their colour histograms where it reads
+    those (engine.joint_colour)."""
     features = lower.to(_device(model), non_blocking=True).float()
     if top is not None:
         features = model.visual.trunk.forward_head(top(features.contiguous(memory_format=torch.channels_last)))
     joint = model.visual.head(features)
     if look is not None:
         joint = joint + look_projection(model)(look.to(_device(model), non_blocking=True).float())
+    if colour is not None:
+        joint = joint + colour_projection(model)(colour.to(_device(model), non_blocking=True).float())
     return torch.nn.functional.normalize(joint, dim=-1)
 
 
 @torch.no_grad()
 def evaluate(model, top: TrunkTop | None, lower: torch.Tensor, text_feats: torch.Tensor,
-             look: torch.Tensor | None = None) -> dict:
+             look: torch.Tensor | None = None, colour: torch.Tensor | None = None) -> dict:
     """Text-to-image retrieval on cached features: query i's right answer is photo i."""
     model.visual.head.eval()
     model.text.proj.eval()
-    looks = look.split(256) if look is not None else [None] * math.ceil(len(lower) / 256)
-    img = torch.cat([_image_embeddings(model, top, chunk, its) for chunk, its in zip(lower.split(256), looks)])
+    chunks = math.ceil(len(lower) / 256)
+    looks = look.split(256) if look is not None else [None] * chunks
+    colours = colour.split(256) if colour is not None else [None] * chunks
+    img = torch.cat([_image_embeddings(model, top, chunk, its, hue)
+                     for chunk, its, hue in zip(lower.split(256), looks, colours)])
     txt = torch.nn.functional.normalize(model.text.proj(text_feats.to(img.device)), dim=-1)
     return retrieval_metrics(txt @ img.T)
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
@@ -51,30 +53,41 @@ def _random_crop(photo: Image.Image, rng: random.Random, mirror: bool) -> Image.
     return ImageOps.mirror(crop) if mirror else crop
 
 
+class CachedViews(NamedTuple):
+    """Features of the views of a part's photos (``cached_lower_features``)."""
+
+    lower: torch.Tensor  # (views, n, C, H, W) fp16: the trunk below its unlocked top
+    look: torch.Tensor | None  # (views, n, width) fp16: the look tower's pooled features
+    colour: torch.Tensor | None  # (views, n, bins): the views' colour histograms
+    kept: list[int]  # the indices of the photos they hold
+
+
 def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: Sequence,
                           load: Callable[..., Image.Image | None], depth: int, views: int, seed: int, desc: str,
                           progress: bool, device: torch.device | str = "cpu",
                           look: tuple[torch.nn.Module, Callable] | None = None,
-                          ) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+                          colour: Callable[[Image.Image], np.ndarray] | None = None) -> CachedViews:
     """The trunk's feature map below its last ``depth`` blocks for ``views`` views of each photo,
     shape (views, n, C, H, W) in fp16 (below Lite0's last block: 192 x 7 x 7, 19 KB a view); the
     ``look`` tower's (trunk, preprocess) average-pooled features of the same views, (views, n,
-    width) in fp16, when given (``engine.joint_look``); and the indices of the photos they hold:
+    width) in fp16, when given (``engine.joint_look``); the ``colour`` histograms of the same
+    views, when given (``engine.joint_colour``); and the indices of the photos they hold:
     ``load`` returns None for a photo it cannot read."""
     rng = random.Random(seed)
     seeds = [rng.randrange(1 << 30) for _ in photos]
 
-    def prepare(i: int) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+    def prepare(i: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[np.ndarray]] | None:
         photo = load(photos[i])
         if photo is None:
             return None
         shown = photo_views(photo, views, random.Random(seeds[i]))
-        return [preprocess(view) for view in shown], [look[1](view) for view in shown] if look else []
+        return ([preprocess(view) for view in shown], [look[1](view) for view in shown] if look else [],
+                [colour(view) for view in shown] if colour else [])
 
     def batch(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
 
-    out, looks, kept = [], [], []
+    out, looks, colours, kept = [], [], [], []
     trunk = trunk.eval()
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         for start in tqdm(range(0, len(photos), 32), desc=desc, unit="batch", disable=not progress):
@@ -83,16 +96,20 @@ def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: 
             if not prepared:
                 continue
             kept.extend(i for i, _ in prepared)
-            pixels = batch([v for _, (mine, _) in prepared for v in mine])
+            pixels = batch([v for _, (mine, _, _) in prepared for v in mine])
             lower = _in_chunks(lambda chunk: lower_features(trunk, chunk, depth).half().cpu(), pixels)
             out.append(lower.reshape(len(prepared), views, *lower.shape[1:]).transpose(0, 1))
             if look is not None:
-                pixels = batch([v for _, (_, its) in prepared for v in its])
+                pixels = batch([v for _, (_, its, _) in prepared for v in its])
                 features = _in_chunks(lambda chunk: pooled(look[0].eval().forward_features(chunk)).half().cpu(), pixels)
                 looks.append(features.reshape(len(prepared), views, -1).transpose(0, 1))
+            if colour is not None:
+                histograms = torch.from_numpy(np.stack([h for _, (_, _, its) in prepared for h in its]))
+                colours.append(histograms.reshape(len(prepared), views, -1).transpose(0, 1))
     if not out:
-        return torch.zeros((views, 0, 1, 1, 1), dtype=torch.float16), None, kept
-    return torch.cat(out, dim=1).contiguous(), torch.cat(looks, dim=1).contiguous() if looks else None, kept
+        return CachedViews(torch.zeros((views, 0, 1, 1, 1), dtype=torch.float16), None, None, kept)
+    return CachedViews(torch.cat(out, dim=1).contiguous(), torch.cat(looks, dim=1).contiguous() if looks else None,
+                       torch.cat(colours, dim=1).contiguous() if colours else None, kept)
 
 
 def _in_chunks(run: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from engine.images import load_image_file
+from engine.joint_colour import COLOUR_BINS
 from engine.lit_model import build_lit_model
 from engine.look_head import LookHead
 from engine.look_training import LookConfig, train_look_head
@@ -36,10 +37,13 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
     # The trunk's last block and head convolution are trained with the heads; nothing else is.
     assert tuned and all(name.startswith(("visual.trunk.blocks.6.", "visual.trunk.conv_head", "visual.trunk.bn2"))
                          for name in tuned)
-    assert all(name.startswith(("visual.head", "text.proj", "logit_scale", "visual.trunk.", "look_proj"))
+    assert all(name.startswith(("visual.head", "text.proj", "logit_scale", "visual.trunk.", "look_proj", "colour_proj"))
                for name in checkpoint["state_dict"])
-    # The look tower's pooled features are the joint photo vector's second input (engine.joint_look).
+    # The look tower's pooled features are the joint photo vector's second input (engine.joint_look),
+    # the photo's colour histogram its third (engine.joint_colour).
     assert checkpoint["state_dict"]["look_proj.weight"].shape == (256, 1280) and checkpoint["metadata"]["joint_look"]
+    assert checkpoint["state_dict"]["colour_proj.weight"].shape == (256, COLOUR_BINS)
+    assert checkpoint["metadata"]["joint_colour"]
     look = checkpoint["metadata"]["look_head"]  # the appearance head is trained too, on the same split
     assert look["report"]["val_products"] == 16 and {"r1", "r5"} <= set(look["report"]["after"])
     encoder = load_encoder(ModelSettings(weights=out))
@@ -70,6 +74,7 @@ def test_snapshop_train_reads_both_trunks_and_keeps_a_given_appearance_head(tmp_
     checkpoint, source = torch.load(out, weights_only=True), torch.load(shipped, weights_only=True)
     assert not any(name.startswith("visual.trunk.") for name in checkpoint["state_dict"])  # heads only
     assert checkpoint["state_dict"]["look_proj.weight"].shape == (256, 1280)
+    assert checkpoint["state_dict"]["colour_proj.weight"].shape == (256, COLOUR_BINS)
     for name, tensor in source["look_head"].items():
         torch.testing.assert_close(checkpoint["look_head"][name], tensor)
 
@@ -79,8 +84,11 @@ def test_snapshop_train_reads_both_trunks_and_keeps_a_given_appearance_head(tmp_
     _, shipped_look = load_encoder(ModelSettings()).encode_photos(photos)
     np.testing.assert_allclose(look, shipped_look, atol=1e-4)
     np.testing.assert_allclose(encoder.encode_images(photos), joint, atol=1e-4)
+    encoder.model.colour_proj.weight.data.zero_()  # without the colours' part the vectors move
+    without_colour = encoder.encode_photos(photos)[0]
+    assert np.abs(without_colour - joint).max() > 1e-3
     encoder.model.look_proj.weight.data.zero_()  # without the look tower's part the vectors move
-    assert np.abs(encoder.encode_photos(photos)[0] - joint).max() > 1e-3
+    assert np.abs(encoder.encode_photos(photos)[0] - without_colour).max() > 1e-3
 
 
 def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path, fashion_frame):
