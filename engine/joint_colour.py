@@ -6,7 +6,7 @@ title's colour only half the time. Average-pooled ImageNet features keep little 
 were trained to name objects whatever their colour), so the joint photo vector also reads a
 histogram of the photo's colours, projected like the two trunks' features:
 ``normalise(head(lite0) + look_proj(lite1) + colour_proj(colour_histogram(photo)))``. The
-histogram costs no trunk pass (about a quarter of a millisecond a photo). Measured in
+histogram costs no trunk pass (0.6 ms a 224 px photo on one thread). Measured in
 docs/quality.md ("Colour for the joint space").
 
 This module is what serving loads; ``engine.training`` trains the projection.
@@ -28,7 +28,7 @@ COLOUR_PROJ = "colour_proj"
 # of the coloured pixels, then the share of the region that is studio backdrop (near-white). The
 # coloured and grey bins count only the product's pixels, so a small ring on white and a
 # full-frame shirt of one colour read alike. Two regions: the whole photo, finely, and its centre
-# (half the side), coarsely, where the product is (tune MRR over 3 seeds 0.713, against 0.709 for
+# (half the side), coarsely, where the product is (tune MRR over 3 seeds 0.714, against 0.709 for
 # the whole photo alone at 12 x 3 x 3 bins; docs/quality.md).
 WHOLE = (10, 18, 4, 4)  # grey levels, hues, saturations, values
 CENTRE = (8, 12, 3, 3)

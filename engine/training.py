@@ -66,7 +66,7 @@ class TrainConfig:
     # view are a second input of the joint image vector (engine.joint_look).
     look_features: bool = True
     # The joint image vector also reads each photo view's colour histogram (engine.joint_colour):
-    # validation MRR 0.465 -> 0.502, R@10 0.777 -> 0.798 on cached features (docs/quality.md).
+    # validation MRR 0.471 -> 0.515, R@10 0.779 -> 0.802 on cached features, 3 seeds (docs/quality.md).
     colour_features: bool = True
     tune_fraction: float = 0.1  # of the training products: where the epoch is chosen
 
