@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from api.app import create_app
-from engine.analytics.centre import centre_from_log
+from engine.analytics.centre import CentreLearner, centre_from_log
 from engine.analytics.log import LoggedQuery, QueryLog
 from engine.errors import CalibrationError
 from engine.model_info import ModelInfo
@@ -101,6 +101,28 @@ def test_a_centre_learnt_as_they_come_never_holds_the_photo_it_centres():
         learnt_from = MIN_PHOTOS + (seen - MIN_PHOTOS) // LEARN_EVERY * LEARN_EVERY
         assert centre.photos == learnt_from
         assert np.allclose(centre.vector, looks[order[:learnt_from]].mean(axis=0))
+
+
+def test_the_learner_learns_from_the_10th_photo_again_every_10_and_not_from_another_models(tmp_path):
+    learnt: list[ShopperCentre] = []
+    with QueryLog(tmp_path / "log.sqlite") as log:
+        learner = CentreLearner(log, INFO, learnt.append)
+        learner.start()
+        for number in range(2 * LEARN_EVERY + MIN_PHOTOS):
+            other = number % 3 == 0  # another model's searches are logged too, and neither counted nor read
+            log.record_query(logged_photo(number, model="other-model@2" if other else INFO.tag))
+            learner.logged("other-model@2" if other else INFO.tag)
+            learner.settled()
+        learner.close()
+        learner.logged(INFO.tag)  # a search in flight at shutdown: nothing to learn, no error
+    mine = 2 * LEARN_EVERY + MIN_PHOTOS - len(range(0, 2 * LEARN_EVERY + MIN_PHOTOS, 3))
+    assert [centre.photos for centre in learnt] == list(range(MIN_PHOTOS, mine + 1, LEARN_EVERY))
+    assert all(centre.model == INFO.tag for centre in learnt)
+    # A restart learns from what the log holds at once.
+    with QueryLog(tmp_path / "log.sqlite") as log:
+        restarted: list[ShopperCentre] = []
+        CentreLearner(log, INFO, restarted.append).start()
+    assert [centre.photos for centre in restarted] == [mine]
 
 
 def test_auto_needs_the_query_log():

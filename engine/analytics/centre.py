@@ -60,6 +60,7 @@ class CentreLearner:
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shopper-centre")
         self._pending: Future | None = None
+        self._closed = False
 
     def start(self) -> None:
         """Learn from the photos the log holds already (nothing while they are too few)."""
@@ -73,7 +74,8 @@ class CentreLearner:
             return
         with self._lock:
             self.seen += 1
-            if learning_due(self.seen, self.learnt_at) and (self._pending is None or self._pending.done()):
+            idle = self._pending is None or self._pending.done()
+            if learning_due(self.seen, self.learnt_at) and idle and not self._closed:
                 self._pending = self._worker.submit(self._learn)
 
     def settled(self) -> None:
@@ -83,7 +85,10 @@ class CentreLearner:
             pending.result()
 
     def close(self) -> None:
-        """Finish a learning under way and stop the thread (before the log closes)."""
+        """Finish a learning under way and stop the thread (before the log closes); a search
+        logged after it (one in flight at shutdown) teaches nothing."""
+        with self._lock:
+            self._closed = True
         self._worker.shutdown(wait=True)
 
     def _learn(self) -> None:
