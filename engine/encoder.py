@@ -45,7 +45,7 @@ class Encoder:
     text_dtype: torch.dtype | None = None  # the text tower's, where it differs (None: ``dtype``)
     # Query-sized texts' tower pass in ONNX Runtime, where loaded (engine.text_runtime).
     text_runtime: OnnxTextTower | None = None
-    # A query photo's trunk passes in ONNX Runtime, where loaded (engine.image_runtime).
+    # The image trunks' passes on a CPU in ONNX Runtime, where loaded (engine.image_runtime).
     image_runtime: OnnxTrunks | None = None
     # The last text batch's pooled tower output, keyed by its texts: a title's joint-space vector
     # and its sentence vector come from one transformer pass (see _pooled).
@@ -175,27 +175,25 @@ class Encoder:
         workers = torch.get_num_threads() if self.device.type == "cpu" else 1
         if workers > 1:
             pool = self._photo_pool(workers)
-            joint_done = pool.submit(self._joint_chunk, trunk, joint_regions, True)
-            look_done = pool.submit(self._look_chunk, look_in, None, True)
+            joint_done = pool.submit(self._joint_chunk, trunk, joint_regions)
+            look_done = pool.submit(self._look_chunk, look_in, None)
             (image_part, _), (looks, look_part) = joint_done.result(), look_done.result()
         else:
             with self._threads_for(1):
-                (image_part, _), (looks, look_part) = (self._joint_chunk(trunk, joint_regions, True),
-                                                       self._look_chunk(look_in, None, True))
+                (image_part, _), (looks, look_part) = self._joint_chunk(trunk, joint_regions), self._look_chunk(look_in, None)
         row = {id(image): i for i, image in enumerate(look_in)}
         if look_part is not None:
             look_part = look_part[[row[id(image)] for image in joint_regions]]
         return self._joint(image_part, look_part), looks[[row[id(image)] for image in look_regions]]
 
     @torch.inference_mode()
-    def _joint_chunk(self, trunk, chunk: Sequence[Image.Image],
-                     query: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The image tower's part of photos' joint-space vectors, with their colours' where the
         model reads them (not normalised: the look tower may add its part, ``_joint``), and the
         trunk's feature map the appearance vector reads where the model has no look tower of its
-        own (``engine.trunk_top.feature_maps``). A ``query`` photo's trunk runs in ONNX Runtime
-        where it is loaded (only for models with a look tower: no appearance map then)."""
-        if query and self.image_runtime is not None:
+        own (``engine.trunk_top.feature_maps``). The trunk runs in ONNX Runtime where it is loaded
+        (only for models with a look tower: no appearance map then)."""
+        if self.image_runtime is not None:
             joint_map, look_map = self.image_runtime.joint_map(self._runtime_pixels(chunk)), None
         else:
             joint_map, look_map = feature_maps(self.model, self._pixels(chunk))
@@ -206,14 +204,14 @@ class Encoder:
         return part, look_map
 
     @torch.inference_mode()
-    def _look_chunk(self, chunk: Sequence[Image.Image], feature_map: torch.Tensor | None,
-                    query: bool = False) -> tuple[np.ndarray, torch.Tensor | None]:
+    def _look_chunk(self, chunk: Sequence[Image.Image],
+                    feature_map: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
         """Appearance vectors of photos: from the look tower's own trunk where the model has one
-        (``engine.lit_model.build_look_trunk``; in ONNX Runtime for a ``query`` photo where it is
-        loaded), else from the image trunk's ``feature_map``; and the look tower's part of their
-        joint-space vectors where the model has one (``engine.joint_look``)."""
+        (``engine.lit_model.build_look_trunk``; in ONNX Runtime where it is loaded), else from the
+        image trunk's ``feature_map``; and the look tower's part of their joint-space vectors where
+        the model has one (``engine.joint_look``)."""
         look_trunk = getattr(self.model, "look_trunk", None)
-        if look_trunk is not None and query and self.image_runtime is not None:
+        if look_trunk is not None and self.image_runtime is not None:
             feature_map = self.image_runtime.look_map(self._runtime_pixels(chunk, self.model.look_preprocess))
         elif look_trunk is not None:
             feature_map = look_trunk.forward_features(self._pixels(chunk, self.model.look_preprocess))

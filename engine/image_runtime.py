@@ -1,4 +1,4 @@
-"""A query photo's image trunks through ONNX Runtime: the joint trunk (EfficientNet-Lite0) and the
+"""The image trunks through ONNX Runtime on a CPU: the joint trunk (EfficientNet-Lite0) and the
 appearance trunk (Lite1), each exported once.
 
 EfficientNet is mostly depthwise convolutions and small 1x1 ones: in torch on a CPU each costs a
@@ -10,9 +10,10 @@ Runtime; 152 ms with 2 ORT threads (the cores are shared with SIFT and the other
 calling it once per region instead of once per trunk. The feature maps are the torch trunks' (cosine
 of the pooled vectors above 0.99999, tested).
 
-Only a query photo's regions go this way: catalog photos at ingest stay in torch (see
-docs/scale.md). The graphs are exported from the loaded trunks (so ``snapshop train``ed weights and
-folded batch norms are what runs) and kept by ``engine.onnx_graphs``.
+A catalog's photos at ingest go this way too (chunks of 4 photos, one thread each: 488 -> 274 ms a
+chunk, same run; docs/scale.md), so a shop's stored vectors and its shoppers' query vectors come
+from the same graphs. The graphs are exported from the loaded trunks (so ``snapshop train``ed
+weights and folded batch norms are what runs) and kept by ``engine.onnx_graphs``.
 """
 
 from __future__ import annotations

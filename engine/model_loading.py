@@ -128,8 +128,10 @@ def _text_runtime(encoder: Encoder, settings: ModelSettings):
 
 
 def _image_runtime(encoder: Encoder, settings: ModelSettings):
-    """The query photos' ONNX Runtime trunks (engine.image_runtime) where settings and the model allow."""
-    if getattr(encoder.model, "look_trunk", None) is None:
+    """The image trunks in ONNX Runtime (engine.image_runtime) where settings and the model allow:
+    fp32 only (the CPU default), since its graphs are the fp32 trunks and a bf16 tower
+    (SNAPSHOP_MODEL__PRECISION=bf16) encodes a catalog's batches faster in torch."""
+    if getattr(encoder.model, "look_trunk", None) is None or encoder.dtype != torch.float32:
         return None
     from engine.image_runtime import onnx_trunks
 

@@ -81,9 +81,9 @@ class ModelSettings(BaseModel):
         "'onnxruntime' fails the start without them. A catalog's titles always go through torch.",
     )
     image_runtime: Literal["auto", "torch", "onnxruntime"] = Field(
-        "auto", description="What runs a query photo's image trunks on a CPU (models with a look tower). 'auto': "
-        "ONNX Runtime where it and `onnx` are installed (the graphs exported once, kept like the text tower's), "
-        "else torch; 'onnxruntime' fails the start without them. A catalog's photos always go through torch.",
+        "auto", description="What runs the image trunks on a CPU (models with a look tower), for query and catalog "
+        "photos alike. 'auto': ONNX Runtime where it and `onnx` are installed (the graphs exported once, kept like "
+        "the text tower's), else torch; 'onnxruntime' fails the start without them.",
     )
 
 

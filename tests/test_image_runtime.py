@@ -1,5 +1,6 @@
-"""A query photo's image trunks in ONNX Runtime (engine.image_runtime): the same vectors as the
-torch trunks, the graphs exported once, read back on the next start and remade when broken."""
+"""The image trunks in ONNX Runtime (engine.image_runtime): the same vectors as the torch trunks
+for query and catalog photos, the graphs exported once, read back on the next start and remade
+when broken."""
 
 from __future__ import annotations
 
@@ -59,14 +60,21 @@ def test_query_photos_run_in_onnx_runtime_with_the_torch_trunks_vectors(encoders
     assert float(joint[0] @ reference_joint[0]) > 0.9999 and float(look[0] @ reference_look[0]) > 0.9999
 
 
-def test_a_query_photo_and_the_same_catalog_photo_stay_in_one_space(encoders):
-    # Catalog photos go through torch at ingest, query photos through ONNX Runtime: a shop's own
-    # photo searched as a query must land on its stored vectors.
-    in_runtime, _, _ = encoders
-    photo = load_image_file(require(FASHION / FASHION_PHOTOS[0]))
-    stored_joint, stored_look = in_runtime.encode_photos([photo, photo])
-    joint, look = in_runtime.encode_query_photo([photo], [photo])
-    assert float(joint[0] @ stored_joint[0]) > 0.9999 and float(look[0] @ stored_look[0]) > 0.9999
+def test_catalog_photos_run_in_onnx_runtime_with_the_torch_trunks_vectors(encoders):
+    # A shop's photos at ingest (chunks on parallel workers, catalog views blended into the
+    # appearance vector): stores made with the torch trunks stay searchable by queries made here.
+    in_runtime, in_torch, _ = encoders
+    photos = [load_image_file(require(FASHION / name)) for name in FASHION_PHOTOS]
+    photos += [load_image_file(require(GROCERY / name)) for name in PHOTOS]
+    photos = photos * 2  # 10 photos: more than one worker's chunk
+    joint, look = in_runtime.encode_catalog_photos(photos)
+    reference_joint, reference_look = in_torch.encode_catalog_photos(photos)
+    assert (joint * reference_joint).sum(axis=1).min() > 0.9999
+    assert (look * reference_look).sum(axis=1).min() > 0.9999
+    # and a shop's own photo searched as a query lands on its stored vectors
+    query_joint, query_look = in_runtime.encode_query_photo(photos[:1], photos[:1])
+    stored_joint, stored_look = in_runtime.encode_photos(photos[:2])
+    assert float(query_joint[0] @ stored_joint[0]) > 0.9999 and float(query_look[0] @ stored_look[0]) > 0.9999
 
 
 def test_the_exported_graphs_are_kept_and_read_back(encoders, monkeypatch):
@@ -105,3 +113,9 @@ def test_torch_serves_when_the_export_fails_unless_onnx_runtime_is_required(enco
     assert onnx_trunks(in_runtime.model, in_runtime.preprocess, in_runtime.info.tag, tmp_path) is None
     with pytest.raises(ModelWeightsMissing, match="IMAGE_RUNTIME=onnxruntime"):
         load_encoder(ModelSettings(cache_dir=tmp_path, image_runtime="onnxruntime", text_runtime="torch"))
+
+
+def test_a_bf16_model_keeps_its_trunks_in_torch(tmp_path):
+    # The graphs are the fp32 trunks: a model asked for in bf16 must not be served in fp32.
+    encoder = load_encoder(ModelSettings(cache_dir=tmp_path, precision="bf16", text_runtime="torch"))
+    assert encoder.image_runtime is None and not list(tmp_path.glob("*.onnx"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -38,10 +39,11 @@ def bench_encoder(encoder: Encoder, images: Sequence[Image.Image], titles: Seque
                     "text_precision": str(encoder.text_dtype or encoder.dtype).replace("torch.", ""),
                     "ceiling_gflops": round(ceiling_gflops, 1), "text_ceiling_gflops": round(text_ceiling, 1),
                     "image": {}, "text": {}}
-    # FLOPs per photo counted once, on one photo: a batch's chunks run on worker threads, where
-    # torch's FLOP counter (a mode of the calling thread) does not see them. The work per photo is
-    # the same at every batch size.
-    photo_flops = count_flops(lambda: photo_vectors(encoder, images[:1]))
+    # FLOPs per photo counted once, on one photo, with the trunks in torch: a batch's chunks run on
+    # worker threads, where torch's FLOP counter (a mode of the calling thread) does not see them,
+    # nor does it see ONNX Runtime (engine.image_runtime). The work per photo is the same.
+    in_torch = dataclasses.replace(encoder, image_runtime=None)
+    photo_flops = count_flops(lambda: photo_vectors(in_torch, images[:1]))
     with batch_size(encoder, max(batches)):
         # FLOPs per text counted on the largest batch: a query-sized one runs in ONNX Runtime
         # (engine.text_runtime), which the counter does not see; the work per text is the same.
