@@ -198,6 +198,16 @@ class VectorStore(ABC):
         ``breadth`` multiplies it for one query (``VectorQuery.breadth``)."""
         return max(self.hnsw_ef * EF_MULTIPLE.get(using, 1) * breadth, limit)
 
+    def batch_plan(self, queries: list[VectorQuery], filters: SearchFilters,
+                   limit: int) -> list[tuple[VectorQuery, SearchFilters, int, int]]:
+        """Each query of one ``search_many`` batch with its filters, its number of results and its
+        HNSW breadth (``batched_breadths``): what every store's batch is built from."""
+        plan = []
+        for q, (own, breadth) in zip(queries, batched_breadths(queries, filters)):
+            wanted = q.limit or limit
+            plan.append((q, own, wanted, self.ef_for(q.using, wanted, breadth)))
+        return plan
+
     @abstractmethod
     def upsert(self, points: list[ProductPoint]) -> None: ...
 

@@ -54,7 +54,6 @@ from engine.store.base import (
     VectorLayout,
     VectorQuery,
     VectorStore,
-    batched_breadths,
     check_model,
     keeps_local_features,
     model_record,
@@ -318,16 +317,12 @@ class EdgeStore(VectorStore):
     def search_many(self, queries, filters, limit):
         if not queries:
             return []
-        conditions: dict[SearchFilters, qe.Filter | None] = {}
-        requests = []
-        for q, (own, breadth) in zip(queries, batched_breadths(queries, filters)):
-            if own not in conditions:
-                conditions[own] = _filter(own)
-            requests.append(qe.QueryRequest(
-                limit=q.limit or limit, query=self._nearest(q), filter=conditions[own],
-                with_payload=False, with_vector=False,
-                params=qe.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, breadth),
-                                       quantization=self._rescored)))
+        plan = self.batch_plan(queries, filters, limit)
+        conditions = {own: _filter(own) for _, own, _, _ in plan}
+        requests = [qe.QueryRequest(limit=wanted, query=self._nearest(q), filter=conditions[own],
+                                    with_payload=False, with_vector=False,
+                                    params=qe.SearchParams(hnsw_ef=ef, quantization=self._rescored))
+                    for q, own, wanted, ef in plan]
         answers = self.shard.query_batch(qe.QueryBatchRequest(requests))
         return [[(p.id, p.score) for p in points] for points in answers]
 

@@ -37,7 +37,6 @@ from engine.store.base import (
     VectorLayout,
     VectorQuery,
     VectorStore,
-    batched_breadths,
     check_model,
     keeps_local_features,
     model_record,
@@ -186,16 +185,12 @@ class ServerStore(VectorStore):
     def search_many(self, queries, filters, limit):
         if not queries:
             return []
-        conditions: dict[SearchFilters, qm.Filter | None] = {}
-        requests = []
-        for q, (own, breadth) in zip(queries, batched_breadths(queries, filters)):
-            if own not in conditions:
-                conditions[own] = _filter(own)
-            requests.append(qm.QueryRequest(
-                query=_nearest(q), using=self.layout.name(q.using), filter=conditions[own], limit=q.limit or limit,
-                with_payload=False, with_vector=False,
-                params=qm.SearchParams(hnsw_ef=self.ef_for(q.using, q.limit or limit, breadth),
-                                       quantization=self._rescored)))
+        plan = self.batch_plan(queries, filters, limit)
+        conditions = {own: _filter(own) for _, own, _, _ in plan}
+        requests = [qm.QueryRequest(query=_nearest(q), using=self.layout.name(q.using), filter=conditions[own],
+                                    limit=wanted, with_payload=False, with_vector=False,
+                                    params=qm.SearchParams(hnsw_ef=ef, quantization=self._rescored))
+                    for q, own, wanted, ef in plan]
         answers = self.client.query_batch_points(self.collection, requests=requests)
         return [[(p.id, p.score) for p in answer.points] for answer in answers]
 
