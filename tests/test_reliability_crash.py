@@ -279,9 +279,13 @@ def test_a_killed_ingest_resumes_and_ends_with_every_product_once_and_whole(cras
             assert stored[product_id].image_vectors.shape == (1, encoder.info.dim)
             assert cosine(stored[product_id].image_vectors[0], image_vector) > 0.999
             assert cosine(stored[product_id].caption_vector, title_vector) > 0.999
-            # Searching with the photo finds the product, whole.
-            hit = store.query(image_vector, IMAGE_VECTOR, _no_filters(), 1, with_vectors=True)[0]
-            assert hit.product_id == product_id and hit.payload["title"] == frame.at[product_id, "title"]
+            # Searching with the photo finds the product, whole. The catalog sells some products
+            # under one photo (11145 and 11146 share a file), so the product only has to tie the best.
+            hits = store.query(image_vector, IMAGE_VECTOR, _no_filters(), 5, with_vectors=True)
+            tied = [hit for hit in hits if hit.score >= hits[0].score - 1e-4]
+            hit = next((hit for hit in tied if hit.product_id == product_id), None)
+            assert hit is not None, (product_id, [(h.product_id, h.score) for h in hits])
+            assert hit.payload["title"] == frame.at[product_id, "title"]
 
 
 def test_a_killed_price_update_ends_with_every_new_price(crashed_ingest, shop, encoder, rng):
