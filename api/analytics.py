@@ -1,5 +1,5 @@
 """The query log's side of a search: what of an answered search the log keeps (never the photo), and
-the shopper-photo centre learnt from it as photo searches come."""
+the shopper-photo centre learnt as photo searches come."""
 
 from __future__ import annotations
 
@@ -36,7 +36,12 @@ async def log_search(runtime: Runtime, form: SearchForm, kind: str, photo: bytes
 
 
 def _record(runtime: Runtime, entry: LoggedQuery) -> None:
-    """Write ``entry``; a photo's appearance vector may teach the shop's centre (engine.analytics.centre)."""
     runtime.query_log.record_query(entry)
-    if runtime.centre_learner is not None and entry.photo_look is not None:
-        runtime.centre_learner.logged(entry.model)
+
+
+def learn_from_search(runtime: Runtime, photo: bytes | None, response: SearchResponse) -> None:
+    """A photo searched whole teaches the shop's shopper-photo centre (engine.analytics.centre),
+    the query log on or off; called after ``log_search``, so the log holds it when it is read."""
+    learner = runtime.centre_learner
+    if learner is not None and photo is not None and response.photo_look is not None:
+        learner.photo_searched(hashlib.sha256(photo).hexdigest(), runtime.encoder.info.tag, response.photo_look)

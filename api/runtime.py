@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 
 from api.ratelimit import RateLimiter
-from engine.analytics.centre import CentreLearner
+from engine.analytics.centre import CentreLearner, RecentPhotoLooks
 from engine.analytics.log import QueryLog
 from engine.encoder import Encoder
 from engine.errors import CalibrationError, StoreUnavailable
@@ -47,7 +47,7 @@ class Runtime:
     limiter: anyio.CapacityLimiter
     write_lock: anyio.Lock = field(default_factory=anyio.Lock)
     query_log: QueryLog | None = None  # only when search analytics are on
-    centre_learner: CentreLearner | None = None  # only when the shopper-photo centre is "auto"
+    centre_learner: CentreLearner | None = None  # only when the shopper-photo centre is "auto" (default)
     event_limiter: RateLimiter | None = None
     decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(ApiSettings().decode_budget_bytes))
     collection: str = ""  # the collection served now (the settings' name may be an alias of it)
@@ -85,14 +85,17 @@ class Runtime:
         """Serve from another index from this moment on. Writes are held off while the objects change
         hands; the old store is closed once the searches that started on it are done."""
         searcher = searcher_after_switch(settings, encoder, store)
-        learner = await learn_centre(searcher, self.query_log, settings) if self.centre_learner else None
+        # Without the log, the photos kept in memory carry over (the learner reads only the new
+        # model's, so a re-index to another model starts over).
+        kept = self.centre_learner.source if self.centre_learner and self.query_log is None else None
+        learner = await learn_centre(searcher, self.query_log, settings, kept) if self.centre_learner else None
         async with self.write_lock:
             old_store, old_generation = self.store, self.generation
             self.settings, self.encoder, self.store, self.collection = settings, encoder, store, collection
             self.searcher, old_learner, self.centre_learner = searcher, self.centre_learner, learner
+            self.generation += 1
         if old_learner is not None:
             await anyio.to_thread.run_sync(old_learner.close)
-            self.generation += 1
         while self.in_flight.get(old_generation):
             await anyio.sleep(0.01)
         await anyio.to_thread.run_sync(old_store.close)
@@ -118,12 +121,15 @@ def searcher_after_switch(settings: Settings, encoder: Encoder, store: VectorSto
         return Searcher(encoder, store, settings.search.model_copy(update={"shopper_centre": None}))
 
 
-async def learn_centre(searcher: Searcher, query_log: QueryLog | None, settings: Settings) -> CentreLearner | None:
-    """With SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto, the learner of the centre from the query log, and
-    ``searcher`` searching with what the log teaches already (the new model's photos only)."""
-    if settings.search.shopper_centre != "auto" or query_log is None:
+async def learn_centre(searcher: Searcher, query_log: QueryLog | None, settings: Settings,
+                       kept: RecentPhotoLooks | None = None) -> CentreLearner | None:
+    """With SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto (the default), the learner of the centre from the
+    query log, or without it from the photos searched since the start (``kept``: those of the index
+    served before), and ``searcher`` searching with what they teach already (the new model's only)."""
+    if settings.search.shopper_centre != "auto":
         return None
-    learner = CentreLearner(query_log, searcher.encoder.info, searcher.use_shopper_centre)
+    source = query_log if query_log is not None else kept if kept is not None else RecentPhotoLooks()
+    learner = CentreLearner(source, searcher.encoder.info, searcher.use_shopper_centre)
     await anyio.to_thread.run_sync(learner.start)
     return learner
 

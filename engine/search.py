@@ -205,7 +205,7 @@ class Searcher:
         self._attributes: tuple[int, dict[str, str]] | None = None
         self._lock = threading.Lock()
         self.merchandising = Merchandising.model_validate(store.read_rules() or {})
-        # "auto": the server learns it from its query log and hands it over (use_shopper_centre).
+        # "auto": the server learns it from its shoppers' photos and hands it over (use_shopper_centre).
         self.shopper_centre = (ShopperCentre.load(settings.shopper_centre, encoder.info)
                                if isinstance(settings.shopper_centre, Path) else None)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -146,12 +146,13 @@ class SearchSettings(BaseModel):
         "hide", description="Products out of stock (availability out_of_stock, or stock 0): hidden, demoted "
         "after every product in stock, or shown as ranked; per request it can be overridden.",
     )
-    shopper_centre: Literal["auto"] | Path | None = Field(
-        None, description="A shopper-photo centre written by `snapshop calibrate` (the mean appearance of this "
-        "shop's shoppers' photos, no labels): subtracted from a photo query's appearance vector, it keeps the "
-        "catalog photos that look like a shop from coming first (grocery shopper photos, fused R@1 0.515 -> 0.564). "
-        "'auto': the server learns it from the query log's photo searches as they come (analytics on; "
-        "how many photos, how often: engine/shopper_centre.py).",
+    shopper_centre: Literal["auto", "off"] | Path | None = Field(
+        "auto", description="What every photo taken in this shop shares (its light, shelves, a hand), subtracted "
+        "from a photo query's appearance vector so that the catalog photos that look like a shop do not come "
+        "first (engine/shopper_centre.py; grocery shopper photos, fused R@1 0.514 -> 0.566). 'auto': the server "
+        "learns it from its shoppers' photo searches as they come, from the 10th distinct photo on (from the "
+        "query log when analytics are on, else in memory only); a file written by `snapshop calibrate`: that "
+        "centre; 'off': none.",
     )
     depth: int = Field(
         1000, ge=10, le=10_000,
@@ -246,11 +247,3 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: str) -> str:
         return value.lower() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _centre_learnt_from_the_log(self) -> Settings:
-        """A centre learnt from the query log needs the log: refused at start without it."""
-        if self.search.shopper_centre == "auto" and not self.analytics.enabled:
-            raise ValueError("SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto learns the shopper-photo centre from the query "
-                             "log: turn search analytics on (SNAPSHOP_ANALYTICS__ENABLED=true)")
-        return self

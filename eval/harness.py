@@ -54,8 +54,9 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
     by an earlier run of the same catalog and split (ingest skips what is already there);
     ``centre_halves`` searches each half of the real shopper photos with the shopper-photo centre
     (engine.shopper_centre) of the other half's photos, as a shop calibrated on earlier photos;
-    ``centre_learnt`` searches them once more (set ``shopper_photos_learnt``), each with the centre
-    learnt from the photos searched before it (eval.learnt_centre), as a serving shop learns it."""
+    ``centre_learnt`` searches each photo set once more (sets ``*_learnt``), each photo with the
+    centre learnt from the photos searched before it (eval.learnt_centre), as a server learns it
+    by default (SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto)."""
     catalog = read_catalog(catalog_path)
     rows = catalog.rows
     if split != "all":
@@ -106,8 +107,8 @@ def run_eval(encoder: Encoder, catalog_path: Path, queries_csv: Path | None = No
                 sets[set_name], predicted = _photo_set(searcher, photos, encoded, progress, departments, centres)
                 report.setdefault("category_accuracy", {})[set_name] = round(float(np.mean(
                     [guess == category.get(q.product_id) for q, guess in zip(photos, predicted)])), 4)
-            if name == "shopper_photos" and (centre_halves or centre_learnt):
-                report["shopper_centre"] = _centre_note(centre_halves, centre_learnt)
+            if centre_halves or centre_learnt:
+                report["shopper_centre"] = _centre_note(centre_halves and "shopper_photos" in sets, centre_learnt)
         if "shopper_photos" in sets and "shopper_like_photos" in sets:
             report["synthetic_vs_real"] = synthetic_gap(sets["shopper_like_photos"], sets["shopper_photos"])
     return report
@@ -156,7 +157,7 @@ def _centre_plans(searcher: Searcher, name: str, encoded, photos, halves: bool, 
     real = name == "shopper_photos"
     yield name, (_cross_centres(searcher, encoded, photos) if halves and real
                  else [searcher.shopper_centre] * len(photos))
-    if learnt and real:
+    if learnt:  # as served by default (SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto), made-up views too
         looks = np.stack([vectors.look for vectors in encoded])
         yield f"{name}_learnt", centres_as_they_come(looks, searcher.encoder.info.tag)
 
@@ -164,8 +165,9 @@ def _centre_plans(searcher: Searcher, name: str, encoded, photos, halves: bool, 
 def _centre_note(halves: bool, learnt: bool) -> str:
     notes = ["each half of the shopper photos centred on the other half's mean"] if halves else []
     if learnt:
-        notes.append(f"shopper_photos_learnt: each photo centred on the mean of the photos searched before it "
-                     f"(seeded shuffle; the first {MIN_PHOTOS} not centred; learnt again every {LEARN_EVERY})")
+        notes.append(f"*_learnt: each photo centred on the mean of the photos searched before it, as a server "
+                     f"learns it by default (seeded shuffle; the first {MIN_PHOTOS} not centred; learnt again "
+                     f"every {LEARN_EVERY})")
     return "; ".join(notes)
 
 
@@ -237,7 +239,7 @@ def format_table(report: dict) -> str:
         lines.append(f"{set_name:<22} predicted category correct: {accuracy:.3f}")
     lines += _department_lines(report)
     if "shopper_centre" in report:
-        lines.append(f"shopper_photos         appearance vectors: {report['shopper_centre']}")
+        lines.append(f"photo sets             appearance vectors: {report['shopper_centre']}")
     if "synthetic_vs_real" in report:
         gap = ", ".join(f"{signal} {value:+.3f}" for signal, value in report["synthetic_vs_real"].items())
         lines.append(f"synthetic-vs-real gap (shopper-like minus real photos, R@1): {gap}")

@@ -380,11 +380,12 @@ def calibrate(
 
 def _learnt_centre(settings: Settings, info):
     """The centre a server with SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto learns from the query log (None
-    while it holds too few photo searches, or there is no log yet)."""
+    while it holds too few photo searches, or there is no log: a server without one learns in its
+    memory, which a command cannot read)."""
     from engine.analytics.centre import CentreLearner
     from engine.analytics.log import QueryLog
 
-    if not settings.analytics.path.exists():
+    if not settings.analytics.enabled or not settings.analytics.path.exists():
         return None
     learnt = []
     with QueryLog(settings.analytics.path, settings.analytics.retention_days) as query_log:
@@ -451,10 +452,11 @@ def evaluate(
     centre_halves: Annotated[bool, typer.Option(
         help="Search each half of the real shopper photos (--queries) with the shopper-photo centre of the "
              "other half's photos, as a shop calibrated on earlier photos (`snapshop calibrate`).")] = False,
-    centre_learnt: Annotated[bool, typer.Option(
-        help="Also search the real shopper photos one after another (seeded order), each with the centre "
-             "learnt from the photos before it, as a serving shop learns it (SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto): "
-             "set shopper_photos_learnt.")] = False,
+    centre_learnt: Annotated[bool | None, typer.Option(
+        "--centre-learnt/--no-centre-learnt",
+        help="Also search the photo sets one after another (seeded order), each photo with the centre "
+             "learnt from the photos before it, as a serving shop learns it (sets shopper_photos_learnt, "
+             "shopper_like_photos_learnt). Default: on when SNAPSHOP_SEARCH__SHOPPER_CENTRE is auto, its default.")] = None,
     model: ModelOpt = None,
 ) -> None:
     """Recall@1/5/10, MRR and nDCG@10 per query set and per signal (image, text, BM25, fused)."""
@@ -468,7 +470,7 @@ def evaluate(
     report = run_eval(encoder, catalog, queries, split, limit_products, limit_queries,
                       settings.search, progress=sys.stderr.isatty() or bool(os.environ.get("SNAPSHOP_PROGRESS")),
                       only=set(only.split(",")) if only else None, centre_halves=centre_halves,
-                      centre_learnt=centre_learnt)
+                      centre_learnt=settings.search.shopper_centre == "auto" if centre_learnt is None else centre_learnt)
     typer.echo(format_table(report))
     paths = write_outputs(report, out)
     typer.echo(f"wrote {paths['json']} and {paths['plot']}")

@@ -1,8 +1,8 @@
-"""The shopper-photo centre learnt from the shop's own query log (engine.analytics.centre): the log
-keeps a photo's appearance vector and its model (only the newest ones; old logs still read),
-`snapshop calibrate --from-log` learns a centre from it, and a server with
-SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto learns it as shoppers search, through the real app, model and
-store, on real grocery shopper photos."""
+"""The shopper-photo centre learnt from the shop's own shoppers' photos (engine.analytics.centre):
+the query log keeps a photo's appearance vector and its model (only the newest ones; old logs still
+read), `snapshop calibrate --from-log` learns a centre from it, and a server (by default,
+SNAPSHOP_SEARCH__SHOPPER_CENTRE=auto) learns it as shoppers search, from the log or, with analytics
+off, in memory only, through the real app, model and store, on real grocery shopper photos."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import ValidationError
 
 from api.app import create_app
-from engine.analytics.centre import CentreLearner, centre_from_log
+from engine.analytics.centre import CentreLearner, RecentPhotoLooks, centre_from_log
 from engine.analytics.log import LoggedQuery, QueryLog
 from engine.errors import CalibrationError
+from engine.images import decode_image
 from engine.model_info import ModelInfo
 from engine.settings import AnalyticsSettings, IngestSettings, SearchSettings, Settings, StoreSettings
 from engine.shopper_centre import LEARN_EVERY, LEARN_FROM, MIN_PHOTOS, ShopperCentre
@@ -125,11 +125,17 @@ def test_the_learner_learns_from_the_10th_photo_again_every_10_and_not_from_anot
     assert [centre.photos for centre in restarted] == [mine]
 
 
-def test_auto_needs_the_query_log():
-    with pytest.raises(ValidationError, match="SNAPSHOP_ANALYTICS__ENABLED=true"):
-        Settings(search=SearchSettings(shopper_centre="auto"))
-    assert Settings(search=SearchSettings(shopper_centre="auto"),
-                    analytics=AnalyticsSettings(enabled=True)).search.shopper_centre == "auto"
+def test_auto_is_the_default_and_needs_no_query_log():
+    assert Settings().search.shopper_centre == "auto"
+    assert Settings(search=SearchSettings(shopper_centre="off")).search.shopper_centre == "off"
+
+
+def test_recent_photo_looks_keep_the_newest_distinct_photos_in_memory():
+    kept = RecentPhotoLooks(limit=3)
+    for number in range(5):
+        kept.add(f"{number:064x}", INFO.tag, np.full(3, number, np.float32))
+    kept.add(f"{2:064x}", INFO.tag, np.full(3, 2, np.float32))  # searched again: newest, counted once
+    assert [int(look[0]) for _, look in kept.photo_looks()] == [2, 4, 3]
 
 
 # --- through the real app, model and store -------------------------------------------------------
@@ -147,9 +153,9 @@ def grocery_shop(tmp_path_factory, encoder):
     return folder, [(GROCERY / path).read_bytes() for path in queries.query_image]
 
 
-def serving(folder, centre: str | None = "auto") -> Settings:
+def serving(folder, centre: str | None = "auto", analytics: bool = True) -> Settings:
     return Settings(store=StoreSettings(path=folder / "store"), search=SearchSettings(shopper_centre=centre),
-                    analytics=AnalyticsSettings(enabled=True, path=folder / "analytics.sqlite"))
+                    analytics=AnalyticsSettings(enabled=analytics, path=folder / "analytics.sqlite"))
 
 
 def search_photo(client: TestClient, photo: bytes, **fields) -> dict:
@@ -181,7 +187,6 @@ def test_a_server_learns_its_centre_from_its_shoppers_photo_searches_and_calibra
         # The photo's appearance vector as searched is the logged one less the centre.
         with QueryLog(folder / "analytics.sqlite") as log:
             logged = next(q for q in log.queries() if q.id == query_id)
-        from engine.images import decode_image
         from engine.search import SearchQuery
 
         prepared = runtime.searcher.prepare(SearchQuery(image=decode_image(photos[MIN_PHOTOS]), k=3))
@@ -196,6 +201,40 @@ def test_a_server_learns_its_centre_from_its_shoppers_photo_searches_and_calibra
     # A restart learns it again from the log, before any new search.
     with TestClient(create_app(serving(folder), encoder=encoder)) as client:
         assert np.allclose(client.app.state.runtime.searcher.shopper_centre.vector, written.vector, atol=1e-6)
+
+
+def test_with_analytics_off_a_server_learns_its_centre_in_memory_and_writes_nothing(grocery_shop, encoder):
+    folder, photos = grocery_shop
+    settings = Settings(store=StoreSettings(path=folder / "store"),
+                        analytics=AnalyticsSettings(enabled=False, path=folder / "memory-only" / "analytics.sqlite"))
+    looks = []
+    with TestClient(create_app(settings, encoder=encoder)) as client:
+        runtime = client.app.state.runtime
+        assert runtime.query_log is None and isinstance(runtime.centre_learner.source, RecentPhotoLooks)
+        search_photo(client, photos[0], crop="0.1,0.1,0.8,0.8")  # a box drawn: not a photo as taken
+        for photo in photos[:MIN_PHOTOS - 1]:
+            looks.append(runtime.searcher.encode_photo(decode_image(photo)).look)
+            search_photo(client, photo)
+        search_photo(client, photos[1], offset="3")  # the next page of a photo already searched
+        runtime.centre_learner.settled()
+        assert runtime.searcher.shopper_centre is None  # 9 distinct photos so far
+        before = search_photo(client, photos[MIN_PHOTOS])["data"]
+        looks.append(runtime.searcher.encode_photo(decode_image(photos[MIN_PHOTOS])).look)
+        runtime.centre_learner.settled()
+        learnt = runtime.searcher.shopper_centre
+        assert learnt is not None and learnt.photos == MIN_PHOTOS
+        assert np.allclose(learnt.vector, np.mean(looks, axis=0), atol=1e-5)
+        assert f"snapshop_shopper_centre_photos {MIN_PHOTOS}.0" in client.get("/metrics").text
+        # The same photo searched again is now centred: its scores move.
+        after = search_photo(client, photos[MIN_PHOTOS])["data"]
+        assert [hit["score"] for hit in after] != [hit["score"] for hit in before]
+    assert not (folder / "memory-only").exists()  # nothing of the shoppers' photos was written
+    # A restart starts over.
+    with TestClient(create_app(settings, encoder=encoder)) as client:
+        assert client.app.state.runtime.searcher.shopper_centre is None
+    # Off: no learner, no centre.
+    with TestClient(create_app(serving(folder, centre="off", analytics=False), encoder=encoder)) as client:
+        assert client.app.state.runtime.centre_learner is None
 
 
 def test_calibrate_from_a_log_with_too_few_photo_searches_says_how_many(tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from PIL import Image
 
-from api.analytics import log_search
+from api.analytics import learn_from_search, log_search
 from api.deps import FiltersQuery, RequireReadAccess, RuntimeDep
 from api.runtime import Runtime
 from api.schemas import (
@@ -64,6 +64,7 @@ async def search(request: Request, runtime: RuntimeDep, form: Annotated[SearchFo
     kind = query_kind(form.text, image)
     request.app.state.metrics.observe_search(kind, seconds, response.nothing_close)
     query_id = await log_search(runtime, form, kind, photo_bytes, response, seconds) if runtime.query_log else None
+    learn_from_search(runtime, photo_bytes, response)
     names = runtime.searcher.attributes()
     hits = [to_hit(result, request, names) for result in response.results]
     end = response.offset + len(hits)
