@@ -118,3 +118,45 @@ def test_a_new_index_that_fails_its_check_is_not_switched_to(live_store, small_c
     assert EdgeAliases(live_store.store.path).entry("products") is None
     with open_store(live_store.store, encoder.info) as store:  # the live index answers as before
         assert store.count() == 36
+
+
+@pytest.mark.parametrize("centre", ["auto", "off"])
+def test_a_write_that_waited_through_a_switch_is_refused_not_written_to_the_old_index(live_store, encoder, tmp_path,
+                                                                                      centre):
+    """A merchandiser's write queued while the server switched index must not land in the index
+    just retired (it would be lost to shoppers): it is refused, to be sent again."""
+    import anyio
+
+    from engine.errors import StoreUnavailable
+    from engine.settings import SearchSettings
+
+    settings = live_store.model_copy(update={"search": SearchSettings(shopper_centre=centre)})
+    with TestClient(create_app(settings, encoder=encoder)) as client:
+        runtime = client.app.state.runtime
+        old_store = runtime.store
+        written_to = []
+
+        async def scenario() -> str:
+            new_store = await anyio.to_thread.run_sync(open_store, StoreSettings(path=tmp_path / "next"), encoder.info)
+            await runtime.write_lock.acquire()  # a write under way
+            async with anyio.create_task_group() as group:
+                group.start_soon(runtime.switch, settings, encoder, new_store, "next")
+                while runtime.write_lock.statistics().tasks_waiting < 1:  # the switch waits its turn
+                    await anyio.sleep(0.01)
+                outcome = {}
+
+                async def write() -> None:
+                    try:
+                        await runtime.write(written_to.append, runtime.store)
+                        outcome["written"] = True
+                    except StoreUnavailable as error:
+                        outcome["refused"] = str(error)
+
+                group.start_soon(write)
+                await anyio.sleep(0.05)
+                runtime.write_lock.release()
+            return outcome.get("refused", "written")
+
+        said = client.portal.call(scenario)
+        assert "switched while this write waited" in said
+        assert written_to == [] and runtime.store is not old_store
