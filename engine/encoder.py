@@ -20,7 +20,17 @@ import torch
 from PIL import Image
 
 from engine.image_runtime import OnnxTrunks
-from engine.joint_colour import colour_histograms, colour_projection
+from engine.joint_colour import colour_histograms
+from engine.joint_heads import (
+    joint_heads,
+    joint_vectors,
+    look_parts,
+    photo_parts,
+    reads_colours,
+    reads_stages,
+    text_parts,
+    trunk_with_stages,
+)
 from engine.joint_look import look_projection, pooled
 from engine.look_head import gem
 from engine.model_info import ModelInfo
@@ -56,8 +66,9 @@ class Encoder:
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """One unit vector per image, shape (n, dim)."""
-        if look_projection(self.model) is not None or colour_projection(self.model) is not None:
-            return self.encode_photos(images)[0]  # the joint vector reads the look tower or colours too
+        if look_projection(self.model) is not None or reads_colours(self.model) or joint_heads(self.model):
+            # the joint vector reads the look tower, colours or more heads too
+            return self.encode_photos(images)[0]
         out = np.zeros((len(images), self.info.dim), dtype=np.float32)
 
         def encode(start: int, chunk: Sequence[Image.Image]) -> None:
@@ -188,28 +199,30 @@ class Encoder:
 
     @torch.inference_mode()
     def _joint_chunk(self, trunk, chunk: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The image tower's part of photos' joint-space vectors, with their colours' where the
-        model reads them (not normalised: the look tower may add its part, ``_joint``), and the
-        trunk's feature map the appearance vector reads where the model has no look tower of its
-        own (``engine.trunk_top.feature_maps``). The trunk runs in ONNX Runtime where it is loaded
+        """Each joint head's image-tower part of photos' joint-space vectors, (n, heads, dim), with
+        their colours' and the trunk stages' where a head reads them (not normalised: the look
+        tower may add its part, ``_joint``; engine.joint_heads), and the trunk's feature map the
+        appearance vector reads where the model has no look tower of its own
+        (``engine.trunk_top.feature_maps``). The trunk runs in ONNX Runtime where it is loaded
         (only for models with a look tower: no appearance map then)."""
+        stages = None
         if self.image_runtime is not None:
-            joint_map, look_map = self.image_runtime.joint_map(self._runtime_pixels(chunk)), None
+            (joint_map, stages), look_map = self.image_runtime.joint_maps(self._runtime_pixels(chunk)), None
+        elif reads_stages(self.model):  # heads only: no trained top, one map for both
+            joint_map, stages = trunk_with_stages(trunk, self._pixels(chunk))
+            look_map = joint_map
         else:
             joint_map, look_map = feature_maps(self.model, self._pixels(chunk))
-        part = self.model.visual.head(trunk.forward_head(joint_map))
-        colour = colour_projection(self.model)
-        if colour is not None:  # the photos' colours (engine.joint_colour)
-            part = part + colour(colour_histograms(chunk).to(part.device, colour.weight.dtype)).to(part.dtype)
-        return part, look_map
+        colours = colour_histograms(chunk) if reads_colours(self.model) else None  # engine.joint_colour
+        return photo_parts(self.model, trunk.forward_head(joint_map), colours, stages), look_map
 
     @torch.inference_mode()
     def _look_chunk(self, chunk: Sequence[Image.Image],
                     feature_map: torch.Tensor | None) -> tuple[np.ndarray, torch.Tensor | None]:
         """Appearance vectors of photos: from the look tower's own trunk where the model has one
         (``engine.lit_model.build_look_trunk``; in ONNX Runtime where it is loaded), else from the
-        image trunk's ``feature_map``; and the look tower's part of their joint-space vectors where
-        the model has one (``engine.joint_look``)."""
+        image trunk's ``feature_map``; and each joint head's look-tower part of their joint-space
+        vectors where the model has one (``engine.joint_look``, ``engine.joint_heads``)."""
         look_trunk = getattr(self.model, "look_trunk", None)
         if look_trunk is not None and self.image_runtime is not None:
             feature_map = self.image_runtime.look_map(self._runtime_pixels(chunk, self.model.look_preprocess))
@@ -217,13 +230,12 @@ class Encoder:
             feature_map = look_trunk.forward_features(self._pixels(chunk, self.model.look_preprocess))
         head = getattr(self.model, "look_head", None)
         look = self._normalise(head(head.pool(feature_map)) if head is not None else gem(feature_map, 2.0))
-        projection = look_projection(self.model) if look_trunk is not None else None
-        return look, projection(pooled(feature_map)) if projection is not None else None
+        return look, look_parts(self.model, pooled(feature_map)) if look_trunk is not None else None
 
     @torch.inference_mode()
     def _joint(self, image_part: torch.Tensor, look_part: torch.Tensor | None) -> np.ndarray:
-        """Unit joint-space vectors from the image tower's part and the look tower's, if any."""
-        return self._normalise(image_part if look_part is None else image_part + look_part)
+        """Unit joint-space vectors from each head's image-tower part and look-tower part, if any."""
+        return joint_vectors(image_part if look_part is None else image_part + look_part).cpu().numpy()
 
     def _chunked(self, items: Sequence, encode) -> None:
         """Call ``encode(start, chunk)`` over ``items``: on a multi-threaded CPU as small chunks on
@@ -254,8 +266,7 @@ class Encoder:
         """One unit vector per text, shape (n, dim)."""
         tower = self.hf_text_tower()
         if tower is not None:
-            pooled = self._pooled(texts)
-            return self._normalise(tower.proj(pooled.to(tower.proj.weight.dtype)))
+            return joint_vectors(text_parts(self.model, self._pooled(texts))).cpu().numpy()
         out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(_non_blank(texts[start : start + self.batch_size])).to(self.device)

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from engine import onnx_graphs
+from engine.joint_heads import reads_stages, trunk_with_stages
 from engine.trunk_top import feature_maps
 
 
@@ -37,9 +38,12 @@ class OnnxTrunks:
         self.joint = joint  # engine.onnx_graphs.session of export_joint_trunk's graph
         self.look = look  # and of export_look_trunk's
 
-    def joint_map(self, pixels: np.ndarray) -> torch.Tensor:
-        """The joint trunk's last feature map of (n, 3, h, w) fp32 ``pixels`` (the model's preprocess)."""
-        return torch.from_numpy(self.joint.run(None, {"pixels": pixels})[0])
+    def joint_maps(self, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The joint trunk's last feature map of (n, 3, h, w) fp32 ``pixels`` (the model's preprocess),
+        and its stages' outputs average-pooled where a joint head reads them (engine.joint_heads;
+        None where not): one pass gives both."""
+        outputs = self.joint.run(None, {"pixels": pixels})
+        return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if len(outputs) > 1 else None
 
     def look_map(self, pixels: np.ndarray) -> torch.Tensor:
         """The look tower's trunk's last feature map of ``pixels`` (the look tower's preprocess)."""
@@ -62,7 +66,8 @@ def onnx_trunks(model: torch.nn.Module, preprocess, model_tag: str, cache_dir: P
 
 class _JointMap(torch.nn.Module):
     """What ``engine.trunk_top.feature_maps`` reads of a model (its image trunk and any look top),
-    copied in fp32: its joint-space feature map is what is exported."""
+    copied in fp32: its joint-space feature map is what is exported, with the trunk's stages
+    pooled beside it where a joint head reads them (``stages``)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -70,8 +75,11 @@ class _JointMap(torch.nn.Module):
         self.visual.trunk = _fp32_copy(model.visual.trunk)
         look_top = getattr(model, "look_top", None)
         self.look_top = _fp32_copy(look_top) if look_top is not None else None
+        self.stages = reads_stages(model)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.stages:  # heads only (engine.joint_heads): no trained top
+            return trunk_with_stages(self.visual.trunk, pixels)
         return feature_maps(self, pixels)[0]
 
 
@@ -85,20 +93,23 @@ class _LookMap(torch.nn.Module):
 
 
 def export_joint_trunk(model: torch.nn.Module, preprocess) -> bytes:
-    """The joint trunk's feature map of a batch of photos, as an fp32 ONNX graph."""
-    return _export(_JointMap(model), preprocess)
+    """The joint trunk's feature map of a batch of photos (and its stages pooled, where a joint
+    head reads them), as an fp32 ONNX graph."""
+    module = _JointMap(model)
+    return _export(module, preprocess, ["map", "stages"] if module.stages else ["map"])
 
 
 def export_look_trunk(model: torch.nn.Module) -> bytes:
     """The look tower's trunk's feature map of a batch of photos, as an fp32 ONNX graph."""
-    return _export(_LookMap(model.look_trunk), model.look_preprocess)
+    return _export(_LookMap(model.look_trunk), model.look_preprocess, ["map"])
 
 
-def _export(module: torch.nn.Module, preprocess) -> bytes:
+def _export(module: torch.nn.Module, preprocess, outputs: list[str]) -> bytes:
     # The graph's side is the preprocess's (224 px Lite0, 240 px Lite1): fixed, so ONNX Runtime
     # plans every layer's shape once; the batch (a photo's regions) varies.
     example = torch.stack([preprocess(image) for image in _blank_photos(2)])
-    return onnx_graphs.export_graph(module, (example,), ["pixels"], ["map"], {"pixels": {0: "n"}, "map": {0: "n"}})
+    return onnx_graphs.export_graph(module, (example,), ["pixels"], outputs,
+                                    {"pixels": {0: "n"}, **{name: {0: "n"} for name in outputs}})
 
 
 def _fp32_copy(module: torch.nn.Module) -> torch.nn.Module:

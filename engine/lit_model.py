@@ -21,6 +21,7 @@ import torch
 
 from engine.errors import ModelWeightsMissing
 from engine.joint_colour import COLOUR_PROJ, attach_colour_projection
+from engine.joint_heads import JOINT_HEADS, attach_joint_head
 from engine.joint_look import LOOK_PROJ, attach_look_projection
 
 PACKAGE_PREFIX = "package:"
@@ -120,9 +121,13 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
             attach_look_projection(model, int(model.look_trunk.num_features))
         if f"{COLOUR_PROJ}.weight" in checkpoint["state_dict"]:  # ... and the photo's colours (engine.joint_colour)
             attach_colour_projection(model)
+        _attach_joint_heads(model, metadata.get("joint_heads", []), heads_path)
         missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
         if unexpected:
             raise ModelWeightsMissing(f"{heads_path}: tensors the model does not have: {unexpected[:5]}")
+        if [name for name in missing if name.startswith(f"{JOINT_HEADS}.")]:
+            raise ModelWeightsMissing(f"{heads_path}: its metadata names {len(metadata['joint_heads'])} more joint "
+                                      f"heads than its tensors hold: {[n for n in missing if n.startswith(JOINT_HEADS)][:5]}")
         if "look_head" in checkpoint:  # the appearance head (engine.look_head), when trained
             from engine.look_head import LookHead
 
@@ -134,6 +139,17 @@ def build_lit_model(config_path: Path, heads_path: Path | None) -> tuple[torch.n
         model_cfg["text_cfg"]["hf_tokenizer_name"], context_length=model_cfg["text_cfg"]["context_length"]
     )
     return model, preprocess, tokenizer, metadata
+
+
+def _attach_joint_heads(model: torch.nn.Module, heads: list[dict], heads_path: Path) -> None:
+    """The joint heads after the first that a heads checkpoint's metadata lists (what each reads:
+    engine.joint_heads), attached untrained; its tensors fill them."""
+    for reads in heads:
+        try:
+            attach_joint_head(model, look=bool(reads.get("look")), colour=bool(reads.get("colour")),
+                              stages=bool(reads.get("stages")))
+        except ValueError as e:
+            raise ModelWeightsMissing(f"{heads_path}: {e}") from e
 
 
 def build_look_trunk(look_cfg: dict, config: dict) -> tuple[torch.nn.Module, Any]:

@@ -17,6 +17,7 @@ import torch
 from engine.batchnorm_folding import fold_batchnorm
 from engine.encoder import Encoder
 from engine.errors import ModelWeightsMissing, UnknownModel
+from engine.joint_heads import head_count
 from engine.model_info import ModelInfo
 from engine.registry import ModelSpec, resolve_model
 from engine.settings import ModelSettings
@@ -100,7 +101,8 @@ def load_encoder(settings: ModelSettings) -> Encoder:
         if "batch_size" not in settings.model_fields_set:
             batch_size = GPU_BATCH_SIZE
     with torch.inference_mode():
-        dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
+        # The joint vector is each joint head's side by side (engine.joint_heads).
+        dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1]) * head_count(model)
     trunk = getattr(model, "look_trunk", None) or getattr(getattr(model, "visual", None), "trunk", None)
     look_dim = int(getattr(trunk, "num_features", 0)) if hasattr(trunk, "forward_features") else dim
     if getattr(model, "look_head", None) is not None:

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from engine.encoder import CPU_PHOTO_CHUNK
+from engine.joint_heads import trunk_blocks_with_stages
 from engine.joint_look import pooled
 from engine.trunk_top import lower_features
 
@@ -60,19 +61,25 @@ class CachedViews(NamedTuple):
     look: torch.Tensor | None  # (views, n, width) fp16: the look tower's pooled features
     colour: torch.Tensor | None  # (views, n, bins): the views' colour histograms
     kept: list[int]  # the indices of the photos they hold
+    stages: torch.Tensor | None = None  # (views, n, width) fp16: the trunk's stages average-pooled
 
 
 def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: Sequence,
                           load: Callable[..., Image.Image | None], depth: int, views: int, seed: int, desc: str,
                           progress: bool, device: torch.device | str = "cpu",
                           look: tuple[torch.nn.Module, Callable] | None = None,
-                          colour: Callable[[Image.Image], np.ndarray] | None = None) -> CachedViews:
+                          colour: Callable[[Image.Image], np.ndarray] | None = None,
+                          stages: bool = False) -> CachedViews:
     """The trunk's feature map below its last ``depth`` blocks for ``views`` views of each photo,
     shape (views, n, C, H, W) in fp16 (below Lite0's last block: 192 x 7 x 7, 19 KB a view); the
     ``look`` tower's (trunk, preprocess) average-pooled features of the same views, (views, n,
     width) in fp16, when given (``engine.joint_look``); the ``colour`` histograms of the same
-    views, when given (``engine.joint_colour``); and the indices of the photos they hold:
-    ``load`` returns None for a photo it cannot read."""
+    views, when given (``engine.joint_colour``); the trunk's stages' outputs average-pooled, side
+    by side, where ``stages`` (``engine.joint_heads``; only below the whole trunk, ``depth`` 0); and
+    the indices of the photos they hold: ``load`` returns None for a photo it cannot read."""
+    if stages and depth:
+        raise ValueError("a joint head reading the image trunk's stages trains heads only: the unlocked top "
+                         f"({depth} blocks) would change the stages it reads (use --one-head with --unlocked-blocks)")
     rng = random.Random(seed)
     seeds = [rng.randrange(1 << 30) for _ in photos]
 
@@ -87,7 +94,12 @@ def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: 
     def batch(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(tensors).to(device).contiguous(memory_format=torch.channels_last)
 
-    out, looks, colours, kept = [], [], [], []
+    def trunk_pass(chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not stages:
+            return (lower_features(trunk, chunk, depth).half().cpu(),)
+        return tuple(part.half().cpu() for part in trunk_blocks_with_stages(trunk, chunk))
+
+    out, looks, colours, kept, stage_pools = [], [], [], [], []
     trunk = trunk.eval()
     with ThreadPoolExecutor(max_workers=2) as pool, torch.inference_mode():
         for start in tqdm(range(0, len(photos), 32), desc=desc, unit="batch", disable=not progress):
@@ -97,8 +109,10 @@ def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: 
                 continue
             kept.extend(i for i, _ in prepared)
             pixels = batch([v for _, (mine, _, _) in prepared for v in mine])
-            lower = _in_chunks(lambda chunk: lower_features(trunk, chunk, depth).half().cpu(), pixels)
+            lower, *its_stages = _in_chunks(trunk_pass, pixels)
             out.append(lower.reshape(len(prepared), views, *lower.shape[1:]).transpose(0, 1))
+            if its_stages:
+                stage_pools.append(its_stages[0].reshape(len(prepared), views, -1).transpose(0, 1))
             if look is not None:
                 pixels = batch([v for _, (_, its, _) in prepared for v in its])
                 features = _in_chunks(lambda chunk: pooled(look[0].eval().forward_features(chunk)).half().cpu(), pixels)
@@ -109,10 +123,11 @@ def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: 
     if not out:
         return CachedViews(torch.zeros((views, 0, 1, 1, 1), dtype=torch.float16), None, None, kept)
     return CachedViews(torch.cat(out, dim=1).contiguous(), torch.cat(looks, dim=1).contiguous() if looks else None,
-                       torch.cat(colours, dim=1).contiguous() if colours else None, kept)
+                       torch.cat(colours, dim=1).contiguous() if colours else None, kept,
+                       torch.cat(stage_pools, dim=1).contiguous() if stage_pools else None)
 
 
-def _in_chunks(run: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+def _in_chunks(run: Callable[[torch.Tensor], torch.Tensor | tuple], pixels: torch.Tensor) -> torch.Tensor | tuple:
     """``run`` over ``pixels``: on a CPU in chunks of ``CPU_PHOTO_CHUNK`` images, on a GPU at once.
 
     A CPU pass over 64 photo views at once streams activations far bigger than the caches, and
@@ -123,7 +138,10 @@ def _in_chunks(run: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor
     """
     if pixels.device.type != "cpu":
         return run(pixels)
-    return torch.cat([run(chunk) for chunk in pixels.split(CPU_PHOTO_CHUNK)])
+    outs = [run(chunk) for chunk in pixels.split(CPU_PHOTO_CHUNK)]
+    if isinstance(outs[0], tuple):  # several outputs of each chunk: each concatenated
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+    return torch.cat(outs)
 
 
 def category_batches(order: torch.Tensor, categories: Sequence[str | None], batch_size: int, run: int,

@@ -280,6 +280,13 @@ def train(
     colour: Annotated[bool, typer.Option(
         help="The joint photo vector also reads the photo's colour histogram (validation MRR of titles "
              "against photos 0.471 -> 0.515 on cached features).")] = True,
+    second_head: Annotated[bool, typer.Option(
+        help="A second joint head, trained apart, also reading the image trunk's stages; the joint vector is "
+             "both heads' side by side (titles against photos on cached features, validation R@10 / MRR "
+             "0.802 / 0.515 -> 0.821-0.828 / 0.539-0.543). Heads only.")] = True,
+    features_cache: Annotated[Optional[Path], typer.Option(
+        help="A folder to keep the photos' and titles' features in: a rerun on the same catalog trains "
+             "the heads in seconds.")] = None,
     model: ModelOpt = None,
     device: Annotated[Optional[str], typer.Option(
         help="Where to train: cpu, cuda, cuda:1 or auto (default: SNAPSHOP_MODEL__DEVICE).")] = None,
@@ -312,10 +319,10 @@ def train(
                        f"-> {report['after'].get('r1')}\nwritten to {out}; use it with SNAPSHOP_MODEL__WEIGHTS={out}")
             return
         config = TrainConfig(epochs=epochs, val_fraction=val_fraction, seed=seed, unlocked_blocks=unlocked_blocks,
-                             colour_features=colour)
+                             colour_features=colour, second_head=second_head)
         result = train_lit_heads(pairs, out, config, model_name=settings.model.name,
                                  look=LookConfig(seed=seed) if look and look_from is None else None,
-                                 device=train_device)
+                                 device=train_device, features_cache=features_cache)
         if look_from is not None:
             keep_look_head(out, look_from)
     except ValueError as e:  # too few pairs to train on
@@ -324,7 +331,11 @@ def train(
         f"trained on {result.train_products} products, validated on {result.val_products} "
         f"({len(result.skipped_images)} unreadable photos skipped) in {result.seconds:.0f} s; best epoch "
         f"{result.best_epoch}: text->image R@1 {result.val_recall_at_1:.3f}, R@10 {result.val_recall_at_10:.3f}, "
-        f"MRR {result.val_mrr:.3f}\nheads written to {out}; use them with SNAPSHOP_MODEL__WEIGHTS={out}"
+        f"MRR {result.val_mrr:.3f}"
+        + "".join(f"\n  joint head {i + 1} alone: best epoch {head['best_epoch']} (tune MRR {head['tune_mrr']:.3f}), "
+                  f"R@10 {head['val'].get('r10', 0):.3f}, MRR {head['val'].get('mrr', 0):.3f}"
+                  for i, head in enumerate(result.heads) if len(result.heads) > 1)
+        + f"\nheads written to {out}; use them with SNAPSHOP_MODEL__WEIGHTS={out}"
     )
 
 

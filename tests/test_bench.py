@@ -207,18 +207,24 @@ def test_calibrated_copies_are_as_close_to_their_source_as_its_nearest_real_neig
 
 def test_text_vectors_are_the_same_with_dynamic_padding_and_one_pass(encoder):
     """Cutting the pad positions and sharing one transformer pass between a title's two vectors
-    are pure speed-ups: the vectors equal the model's own 48-token forward pass."""
+    are pure speed-ups: the vectors equal the model's own 48-token forward pass (the first joint
+    head's half: open_clip's ``encode_text``; every head's: their projections of that pass)."""
+    from engine.joint_heads import head_count, joint_vectors, text_parts
+
     texts = ["Nike Men Black Running Shoes", "watch", "", "Puma Women Pink Graphic Printed Round Neck T-shirt"]
     tokens = encoder.tokenizer([t or " " for t in texts]).to(encoder.device)
     with torch.inference_mode():
-        full = torch.nn.functional.normalize(encoder.model.encode_text(tokens).float(), dim=-1).numpy()
+        own = torch.nn.functional.normalize(encoder.model.encode_text(tokens).float(), dim=-1).numpy()
         text = encoder.model.text
         mask = (tokens != text.config.pad_token_id).long()
         pooled = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+        full = joint_vectors(text_parts(encoder.model, pooled)).numpy()
         sentences = torch.nn.functional.normalize(pooled.float(), dim=-1).numpy()
     # In bf16 (the text tower's default on CPUs that have it) a shorter sum rounds differently.
     atol = 2e-5 if encoder.text_dtype in (None, torch.float32) else 6e-3
-    np.testing.assert_allclose(encoder.encode_texts(texts), full, atol=atol)
+    vectors, heads = encoder.encode_texts(texts), head_count(encoder.model)
+    np.testing.assert_allclose(vectors, full, atol=atol)
+    np.testing.assert_allclose(vectors[:, : own.shape[1]] * np.sqrt(heads), own, atol=atol * np.sqrt(heads))
     np.testing.assert_allclose(encoder.encode_sentences(texts), sentences, atol=atol)
     np.testing.assert_allclose(encoder.encode_sentence(texts[0]), sentences[0], atol=atol)
 

@@ -90,8 +90,26 @@ def test_the_exported_graphs_are_kept_and_read_back(encoders, monkeypatch):
     again = onnx_trunks(in_runtime.model, in_runtime.preprocess, in_runtime.info.tag, cache)
     assert again is not None
     pixels = in_runtime._runtime_pixels(_regions(GROCERY / PHOTOS[0])[0])
-    np.testing.assert_allclose(again.joint_map(pixels).numpy(), in_runtime.image_runtime.joint_map(pixels).numpy(),
-                               atol=1e-6)
+    (feature_map, stages), (kept_map, kept_stages) = again.joint_maps(pixels), in_runtime.image_runtime.joint_maps(pixels)
+    np.testing.assert_allclose(feature_map.numpy(), kept_map.numpy(), atol=1e-6)
+    np.testing.assert_allclose(stages.numpy(), kept_stages.numpy(), atol=1e-6)
+
+
+def test_the_joint_graph_gives_the_trunk_stages_the_second_head_reads(encoders):
+    """Version 6's second joint head reads Lite0's stages: the graph gives them from the same pass
+    as the feature map, as the torch trunk does (engine.joint_heads.trunk_with_stages)."""
+    import torch
+
+    from engine.joint_heads import trunk_with_stages
+
+    in_runtime, in_torch, _ = encoders
+    regions = _regions(GROCERY / PHOTOS[2])[0]
+    feature_map, stages = in_runtime.image_runtime.joint_maps(in_runtime._runtime_pixels(regions))
+    with torch.inference_mode():
+        reference_map, reference_stages = trunk_with_stages(in_torch.model.visual.trunk, in_torch._pixels(regions))
+    assert stages is not None and stages.shape == (len(regions), 784)
+    np.testing.assert_allclose(stages.numpy(), reference_stages.numpy(), atol=1e-4)
+    np.testing.assert_allclose(feature_map.numpy(), reference_map.numpy(), atol=1e-4)
 
 
 def test_a_broken_kept_graph_is_exported_again(encoders, tmp_path):

@@ -211,7 +211,8 @@ def test_a_joint_vector_with_a_look_tower_part_reads_the_look_tower_on_the_joint
 
     photo = shelf_shot(catalog_photo(PACKET), (480, 640), (100, 200, 240))
     cuts = [region.cut(photo) for region in search_regions(None)]
-    projection = torch.nn.Linear(encoder.info.look_dim, encoder.info.dim, bias=False)
+    # Into the first joint head's width (version 6's joint vector is two heads side by side).
+    projection = torch.nn.Linear(encoder.info.look_dim, encoder.model.text.proj.out_features, bias=False)
     torch.nn.init.normal_(projection.weight, std=0.05)
     shipped = getattr(encoder.model, LOOK_PROJ, None)  # the session's model: put back as it was
     setattr(encoder.model, LOOK_PROJ, projection.eval())

@@ -1,6 +1,7 @@
 """`snapshop train` on a small sample: it learns, reports on validation, and its heads load."""
 
 import numpy as np
+import pytest
 import torch
 
 from engine.images import load_image_file
@@ -24,7 +25,7 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
     pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
     out = tmp_path / "heads.pt"
     report = train_lit_heads(pairs, out, TrainConfig(epochs=12, batch_size=32, val_fraction=0.25, views=2,
-                                                                 unlocked_blocks=1, category_run=4),
+                                                     unlocked_blocks=1, category_run=4, second_head=False),
                              progress=False)
     assert report.train_products == 48 and report.val_products == 16 and report.tune_products == 5
     losses = [row["loss"] for row in report.history]
@@ -53,10 +54,13 @@ def test_training_on_a_small_sample_learns_and_its_heads_load(tmp_path, fashion_
     assert encoder.info.version != shipped.info.version  # other heads, another model version
 
 
-def test_snapshop_train_reads_both_trunks_and_keeps_a_given_appearance_head(tmp_path, fashion_frame):
-    """The one command of a new model version, heads only: the joint photo vector learns from the
-    image tower and the look tower side by side (engine.joint_look), and ``--look-from`` carries
-    the shipped appearance head over unchanged, so appearance vectors stay what they were."""
+def test_snapshop_train_makes_two_joint_heads_and_keeps_a_given_appearance_head(tmp_path, fashion_frame):
+    """The one command of a new model version, heads only: each joint head's photo vector learns
+    from the image tower and the look tower side by side (engine.joint_look) and the photo's
+    colours, the second also from the image trunk's stages (engine.joint_heads); the joint vector
+    is both heads' side by side, so a title's score is the mean of the heads' cosines; and
+    ``--look-from`` carries the shipped appearance head over unchanged, so appearance vectors stay
+    what they were."""
     import subprocess
     import sys
 
@@ -71,24 +75,78 @@ def test_snapshop_train_reads_both_trunks_and_keeps_a_given_appearance_head(tmp_
                             timeout=600)
     assert result.returncode == 0, result.stderr
     assert "trained on 27 products, validated on 9" in result.stdout
+    assert "joint head 1 alone" in result.stdout and "joint head 2 alone" in result.stdout
     checkpoint, source = torch.load(out, weights_only=True), torch.load(shipped, weights_only=True)
-    assert not any(name.startswith("visual.trunk.") for name in checkpoint["state_dict"])  # heads only
-    assert checkpoint["state_dict"]["look_proj.weight"].shape == (256, 1280)
-    assert checkpoint["state_dict"]["colour_proj.weight"].shape == (256, COLOUR_BINS)
+    state = checkpoint["state_dict"]
+    assert not any(name.startswith("visual.trunk.") for name in state)  # heads only
+    assert state["look_proj.weight"].shape == (256, 1280)
+    assert state["colour_proj.weight"].shape == (256, COLOUR_BINS)
+    # The second head: Lite0 pooled and its seven stages (784), Lite1, the colours, its own text side.
+    assert checkpoint["metadata"]["joint_heads"] == [{"look": True, "colour": True, "stages": True}]
+    assert state["joint_heads.0.image.weight"].shape == (256, 1280 + 784)
+    assert state["joint_heads.0.look.weight"].shape == (256, 1280)
+    assert state["joint_heads.0.colour.weight"].shape == (256, COLOUR_BINS)
+    assert state["joint_heads.0.text.weight"].shape == (256, 384)
+    assert state["joint_heads.0.image.weight"].dtype == torch.float16  # half on disk: a small file
+    heads = checkpoint["metadata"]["report"]["heads"]
+    assert len(heads) == 2 and all(1 <= head["best_epoch"] <= 3 for head in heads)
     for name, tensor in source["look_head"].items():
         torch.testing.assert_close(checkpoint["look_head"][name], tensor)
 
     encoder = load_encoder(ModelSettings(weights=out))
+    assert encoder.info.dim == 512 and len(encoder.model.joint_heads) == 1
     photos = [load_image_file(FASHION / image) for image in rows.image[:3]]
     joint, look = encoder.encode_photos(photos)
     _, shipped_look = load_encoder(ModelSettings()).encode_photos(photos)
     np.testing.assert_allclose(look, shipped_look, atol=1e-4)
     np.testing.assert_allclose(encoder.encode_images(photos), joint, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(joint, axis=1), 1.0, atol=1e-5)
+    # Each half is one head's unit vector over sqrt(2): a title's score is the mean of two cosines.
+    titles = encoder.encode_texts(list(rows.title[:3]))
+    halves = [(titles[:, i * 256:(i + 1) * 256] * np.sqrt(2)) @ (joint[:, i * 256:(i + 1) * 256] * np.sqrt(2)).T
+              for i in range(2)]
+    np.testing.assert_allclose(titles @ joint.T, (halves[0] + halves[1]) / 2, atol=1e-5)
+    assert np.abs(halves[0] - halves[1]).max() > 1e-3  # two heads, not one twice
+    second = encoder.model.joint_heads[0]
+    second.image.weight.data[:, 1280:] = 0  # without the trunk stages' part the second half moves
+    without_stages = encoder.encode_photos(photos)[0]
+    assert np.abs(without_stages[:, 256:] - joint[:, 256:]).max() > 1e-3
+    np.testing.assert_allclose(without_stages[:, :256], joint[:, :256], atol=1e-6)
     encoder.model.colour_proj.weight.data.zero_()  # without the colours' part the vectors move
     without_colour = encoder.encode_photos(photos)[0]
-    assert np.abs(without_colour - joint).max() > 1e-3
+    assert np.abs(without_colour - without_stages).max() > 1e-3
     encoder.model.look_proj.weight.data.zero_()  # without the look tower's part the vectors move
     assert np.abs(encoder.encode_photos(photos)[0] - without_colour).max() > 1e-3
+
+
+def test_a_rerun_reads_the_kept_features_and_trains_the_same_heads(tmp_path, fashion_frame, monkeypatch):
+    """``features_cache``: the second run on the same pairs makes no photo pass and gives the same
+    heads and report; another set of pairs is another key (no stale features)."""
+    rows = pick_products(fashion_frame, 4, ["Shirts", "Watches", "Handbags", "Jeans"])
+    pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
+    config, cache = TrainConfig(epochs=2, batch_size=8, views=1), tmp_path / "features"
+    first = train_lit_heads(pairs, tmp_path / "a.pt", config, progress=False, look=None, features_cache=cache)
+    assert len(list(cache.glob("features-*.pt"))) == 1
+
+    def no_photo_pass(*args, **kwargs):
+        raise AssertionError("the photos were read again although their features were kept")
+
+    monkeypatch.setattr("engine.training.cached_lower_features", no_photo_pass)
+    again = train_lit_heads(pairs, tmp_path / "b.pt", config, progress=False, look=None, features_cache=cache)
+    assert (again.val_recall_at_10, again.val_mrr, again.heads) == (first.val_recall_at_10, first.val_mrr, first.heads)
+    a, b = (torch.load(tmp_path / name, weights_only=True)["state_dict"] for name in ("a.pt", "b.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    with pytest.raises(AssertionError, match="read again"):
+        train_lit_heads(pairs[:-1], tmp_path / "c.pt", config, progress=False, look=None, features_cache=cache)
+
+
+def test_the_second_joint_head_refuses_an_unlocked_trunk_top(tmp_path, fashion_frame):
+    """It reads the trunk's stages, which an unlocked top would change under it: refused, saying
+    what to do, before any photo is read."""
+    rows = pick_products(fashion_frame, 2, ["Shirts", "Watches"])
+    pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
+    with pytest.raises(ValueError, match="heads only"):
+        train_lit_heads(pairs, tmp_path / "x.pt", TrainConfig(unlocked_blocks=1), progress=False, look=None)
 
 
 def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path, fashion_frame):
@@ -98,7 +156,7 @@ def test_teaching_the_joint_side_leaves_the_appearance_branch_as_it_was(tmp_path
     pairs = [TrainingPair(str(r.id), FASHION / r.image, r.title, r.category) for r in rows.itertuples()]
     out = tmp_path / "heads.pt"
     train_lit_heads(pairs, out, TrainConfig(epochs=3, batch_size=8, views=1, unlocked_blocks=1,
-                                                 trunk_learning_rate=1e-2),
+                                            trunk_learning_rate=1e-2, second_head=False),
                     progress=False, look=None)
     spec = resolve_model("snapshop-lit-fashion")
     tuned, preprocess, _, _ = build_lit_model(spec.config_path, out)
