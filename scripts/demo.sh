@@ -5,12 +5,15 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 if [ -z "${SNAPSHOP_STORE__PATH:-}" ]; then
   export SNAPSHOP_STORE__PATH=var/demo-store
-  # The demo's own store is disposable: one an earlier model version made (refused as another
-  # model's vectors) is rebuilt. A store path you set yourself is never removed.
-  if [ -d "$SNAPSHOP_STORE__PATH" ] && ! .venv/bin/snapshop search --text demo --k 1 >/dev/null 2>&1; then
-    echo "rebuilding $SNAPSHOP_STORE__PATH (made by another model version)"
-    rm -rf "$SNAPSHOP_STORE__PATH"
-  fi
+  # The demo's own stores are disposable: one an earlier model version made (refused as another
+  # model's vectors) is rebuilt, the grocery one too (it stopped this script at the grocery ingest
+  # after the change to model version 6). A store path you set yourself is never removed.
+  for store in "$SNAPSHOP_STORE__PATH" "$SNAPSHOP_STORE__PATH-grocery"; do
+    if [ -d "$store" ] && ! .venv/bin/snapshop search --text demo --k 1 --store "$store" >/dev/null 2>&1; then
+      echo "rebuilding $store (made by another model version)"
+      rm -rf "$store"
+    fi
+  done
 fi
 run() { echo; echo "\$ snapshop $*"; .venv/bin/snapshop "$@"; }
 run ingest demo/catalog.csv
