@@ -44,4 +44,4 @@ def learn_from_search(runtime: Runtime, photo: bytes | None, response: SearchRes
     the query log on or off; called after ``log_search``, so the log holds it when it is read."""
     learner = runtime.centre_learner
     if learner is not None and photo is not None and response.photo_look is not None:
-        learner.photo_searched(hashlib.sha256(photo).hexdigest(), runtime.encoder.info.tag, response.photo_look)
+        learner.photo_searched(photo, runtime.encoder.info.tag, response.photo_look)

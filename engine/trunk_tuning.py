@@ -79,7 +79,7 @@ def cached_lower_features(trunk: torch.nn.Module, preprocess: Callable, photos: 
     the indices of the photos they hold: ``load`` returns None for a photo it cannot read."""
     if stages and depth:
         raise ValueError("a joint head reading the image trunk's stages trains heads only: the unlocked top "
-                         f"({depth} blocks) would change the stages it reads (use --one-head with --unlocked-blocks)")
+                         f"({depth} blocks) would change the stages it reads (use --no-second-head with --unlocked-blocks)")
     rng = random.Random(seed)
     seeds = [rng.randrange(1 << 30) for _ in photos]
 

@@ -12,6 +12,7 @@ logged vectors are left out (and named when too few are left).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import Counter, OrderedDict
@@ -103,11 +104,12 @@ class CentreLearner:
             self.seen = sum(model == self.info.tag for model, _ in self.source.photo_looks())
         self._learn()
 
-    def photo_searched(self, photo_sha256: str, model: str | None, look: np.ndarray) -> None:
+    def photo_searched(self, photo: bytes, model: str | None, look: np.ndarray) -> None:
         """A photo was searched whole (after the query log, when on, recorded it): kept in memory
-        when that is the source, counted, and learnt from when due."""
+        when that is the source (by its SHA-256, hashed only then: the log hashed it already),
+        counted, and learnt from when due."""
         if isinstance(self.source, RecentPhotoLooks) and model == self.info.tag:
-            self.source.add(photo_sha256, model, look)
+            self.source.add(hashlib.sha256(photo).hexdigest(), model, look)
         self.logged(model)
 
     def logged(self, model: str | None) -> None:
