@@ -470,6 +470,9 @@ function searchSoon() {
   // A search is due: the results on show are already stale, so say so at once (a page or a test
   // that waits for "ready" then waits for this search, not for one that was answered before it).
   $("#results").dataset.status = "loading";
+  // A search still on its way answers the query as it was: dropped now, so its answer cannot be
+  // drawn (and the page say "ready") before the one that is due.
+  if (state.inflight) state.inflight.abort();
   clearTimeout(state.timer);
   state.timer = setTimeout(runSearch, LIVE_DELAY_MS);
 }
